@@ -1,0 +1,40 @@
+"""reparam_core: fuse structurally re-parameterized CNNs into plain conv nets, exactly.
+
+Pure PyTorch; no web imports. See ``kernels`` for the math, ``blocks`` for the families.
+"""
+
+from __future__ import annotations
+
+from .blocks import BLOCKS, ReparamBlock, register_block
+from .errors import (
+    CheckpointError,
+    ConversionError,
+    EquivalenceError,
+    ReparamError,
+    SpecError,
+    UnknownNameError,
+)
+from .plain import ConvLayerSpec, DeploySpec, FusedConv, PlainNet, StagedNet
+from .reparameterize import count_convs, reparameterize
+from .validate import EquivalenceReport, check_equivalence
+
+__all__ = [
+    "BLOCKS",
+    "CheckpointError",
+    "ConvLayerSpec",
+    "ConversionError",
+    "DeploySpec",
+    "EquivalenceError",
+    "EquivalenceReport",
+    "FusedConv",
+    "PlainNet",
+    "ReparamBlock",
+    "ReparamError",
+    "SpecError",
+    "StagedNet",
+    "UnknownNameError",
+    "check_equivalence",
+    "count_convs",
+    "register_block",
+    "reparameterize",
+]

@@ -1,0 +1,132 @@
+"""Linear branch modules that block families are made of (no activation inside)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..kernels import KernelBias, add_branches, fold_bn, identity_kernel, pad_to
+
+
+def bn_kernel_bias(kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None) -> KernelBias:
+    """Fold an eval-mode ``BatchNorm2d`` module into ``kernel`` (see :func:`kernels.fold_bn`)."""
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
+    return fold_bn(kernel, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, conv_bias)
+
+
+def identity_bn_kernel_bias(bn: nn.BatchNorm2d, groups: int, kernel_size: int) -> KernelBias:
+    """An identity skip through a BN, as a ``kernel_size`` conv."""
+    like = bn.running_var if bn.running_var is not None else bn.weight
+    kernel = identity_kernel(bn.num_features, groups, kernel_size, like=like)
+    return bn_kernel_bias(kernel, bn)
+
+
+class ConvBN(nn.Module):
+    """``Conv2d(bias=False)`` then ``BatchNorm2d``; rectangular kernels allowed (ACB's 1xk / kx1)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+            padding_mode=padding_mode,
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+    def kernel_bias(self) -> KernelBias:
+        return bn_kernel_bias(self.conv.weight, self.bn)
+
+
+class BNAndPad(nn.Module):
+    """BatchNorm, then padding that keeps a following conv fusable at the borders (DBB's BNAndPadLayer).
+
+    With ``zeros`` padding the border is filled with ``BN(0)`` per channel, the value the
+    preceding 1x1 conv + BN would produce on a zero-padded input. Other padding modes commute with
+    the per-pixel affine map, so they pad the BN output with the same mode.
+    """
+
+    def __init__(self, num_features: int, pad: int, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features)
+        self.pad = pad
+        self.padding_mode = padding_mode
+
+    def zero_response(self) -> Tensor:
+        """``BN(0)`` per channel with the running statistics (detached, as in DBB)."""
+        bn = self.bn
+        assert bn.running_mean is not None and bn.running_var is not None
+        t = bn.weight.detach() / (bn.running_var + bn.eps).sqrt()
+        return bn.bias.detach() - bn.running_mean * t
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn(x)
+        if self.pad == 0:
+            return out
+        border = [self.pad] * 4
+        if self.padding_mode == "zeros":
+            value = self.zero_response().reshape(1, -1, 1, 1)
+            return F.pad(out - value, border) + value
+        return F.pad(out, border, mode=self.padding_mode)
+
+
+class IdentityConv1x1(nn.Module):
+    """A 1x1 conv whose kernel is ``identity + weight`` with ``weight`` starting at zero (DBB's idconv1)."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.zeros(channels, channels // groups, 1, 1))
+        self.register_buffer("id_tensor", identity_kernel(channels, groups, 1, like=self.weight.detach()))
+
+    def kernel(self) -> Tensor:
+        return self.weight + self.id_tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.kernel(), groups=self.groups)
+
+
+def parallel_kernel_bias(
+    kxk: list[ConvBN], conv_1x1: ConvBN | None, identity: nn.BatchNorm2d | None, kernel_size: int, groups: int
+) -> KernelBias:
+    """Sum of kxk conv-BN branches, optional 1x1 conv-BN and optional identity BN (RepVGG, MobileOne)."""
+    branches = [branch.kernel_bias() for branch in kxk]
+    if conv_1x1 is not None:
+        kernel, bias = conv_1x1.kernel_bias()
+        branches.append((pad_to(kernel, (kernel_size, kernel_size)), bias))
+    if identity is not None:
+        branches.append(identity_bn_kernel_bias(identity, groups, kernel_size))
+    return add_branches(*branches)
+
+
+def parallel_forward(
+    x: Tensor, kxk: list[ConvBN], conv_1x1: ConvBN | None, identity: nn.BatchNorm2d | None
+) -> Tensor:
+    """Training-form forward matching :func:`parallel_kernel_bias`."""
+    out = kxk[0](x)
+    for branch in kxk[1:]:
+        out = out + branch(x)
+    if conv_1x1 is not None:
+        out = out + conv_1x1(x)
+    if identity is not None:
+        out = out + identity(x)
+    return out

@@ -1,0 +1,36 @@
+"""Plain conv + BN: a VGG layer, and the RepOpt-VGG "target" block (trained plain, fused by BN folding)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..kernels import KernelBias
+from .base import ReparamBlock
+from .branches import bn_kernel_bias
+
+
+class ConvBNBlock(ReparamBlock):
+    """``act(se(BN(conv(x))))``; fuses by folding the BN."""
+
+    family = "conv_bn"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, **options: object) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=False,
+            padding_mode=self.padding_mode,
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def linear_forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+    def equivalent_kernel_bias(self) -> KernelBias:
+        return bn_kernel_bias(self.conv.weight, self.bn)

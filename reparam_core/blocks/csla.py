@@ -1,0 +1,73 @@
+"""CSLA / LinearAddBlock (RepOpt-VGG, Ding et al., ICLR 2023): kxk and 1x1 convs (+ identity), each
+multiplied by a per-channel scale, summed, then one BN.
+
+In CSLA form the scales are constants (``trainable_scales=False``): that is the structure whose
+gradients a RepOptimizer reproduces on a plain conv. Fused kernel: ``s*K + t*pad(K1) (+ diag(u))``,
+then the BN folded in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels import KernelBias, add_branches, identity_kernel, pad_to, scale
+from .base import ReparamBlock
+from .branches import bn_kernel_bias
+
+
+class ChannelScale(nn.Module):
+    """Multiply each channel by ``weight``; frozen (constant) unless ``trainable``."""
+
+    def __init__(self, channels: int, init: float, trainable: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(init)), requires_grad=trainable)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight.reshape(1, -1, 1, 1)
+
+
+class LinearAddBlock(ReparamBlock):
+    family = "csla"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        conv_scale_init: float = 1.0,
+        trainable_scales: bool = False,
+        use_identity: bool = True,
+        **options: object,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        s, d, g, mode = self.stride, self.dilation, self.groups, self.padding_mode
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, s, self.padding, d, g, bias=False, padding_mode=mode
+        )
+        self.scale_conv = ChannelScale(out_channels, conv_scale_init, trainable_scales)
+        self.conv_1x1 = nn.Conv2d(in_channels, out_channels, 1, s, 0, 1, g, bias=False, padding_mode=mode)
+        self.scale_1x1 = ChannelScale(out_channels, conv_scale_init, trainable_scales)
+        identity = use_identity and self.has_identity
+        self.scale_identity = ChannelScale(out_channels, 1.0, trainable_scales) if identity else None
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def linear_forward(self, x: Tensor) -> Tensor:
+        out = self.scale_conv(self.conv(x)) + self.scale_1x1(self.conv_1x1(x))
+        if self.scale_identity is not None:
+            out = out + self.scale_identity(x)
+        return self.bn(out)
+
+    def equivalent_kernel_bias(self) -> KernelBias:
+        k = self.kernel_size
+        zeros = self.conv.weight.new_zeros(self.out_channels)
+        branches = [
+            scale((self.conv.weight, zeros), self.scale_conv.weight),
+            scale((pad_to(self.conv_1x1.weight, (k, k)), zeros), self.scale_1x1.weight),
+        ]
+        if self.scale_identity is not None:
+            eye = identity_kernel(self.out_channels, self.groups, k, like=self.conv.weight)
+            branches.append(scale((eye, zeros), self.scale_identity.weight))
+        kernel, _ = add_branches(*branches)
+        return bn_kernel_bias(kernel, self.bn)

@@ -1,0 +1,46 @@
+"""MobileOne block (Vasu et al., CVPR 2023): k parallel kxk conv-BN branches, a 1x1 conv-BN "scale"
+branch and a BN skip, summed. MobileOne nets pair a depthwise kxk block with a pointwise 1x1 block."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..errors import SpecError
+from ..kernels import KernelBias
+from .base import ReparamBlock
+from .branches import ConvBN, parallel_forward, parallel_kernel_bias
+
+
+class MobileOneBlock(ReparamBlock):
+    family = "mobileone"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        num_branches: int = 1,
+        use_scale: bool = True,
+        use_identity: bool = True,
+        **options: object,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        if num_branches < 1:
+            raise SpecError(f"mobileone: num_branches={num_branches} must be at least 1")
+        s, d, g, mode = self.stride, self.dilation, self.groups, self.padding_mode
+        self.conv_kxk = nn.ModuleList(
+            ConvBN(in_channels, out_channels, kernel_size, s, self.padding, d, g, mode)
+            for _ in range(num_branches)
+        )
+        has_scale = use_scale and kernel_size > 1
+        self.conv_scale = ConvBN(in_channels, out_channels, 1, s, 0, 1, g, mode) if has_scale else None
+        self.identity = nn.BatchNorm2d(out_channels) if use_identity and self.has_identity else None
+
+    def linear_forward(self, x: Tensor) -> Tensor:
+        return parallel_forward(x, list(self.conv_kxk), self.conv_scale, self.identity)
+
+    def equivalent_kernel_bias(self) -> KernelBias:
+        return parallel_kernel_bias(
+            list(self.conv_kxk), self.conv_scale, self.identity, self.kernel_size, self.groups
+        )

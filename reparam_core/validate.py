@@ -1,0 +1,103 @@
+"""Numerical proof that a fused model computes what the training model computes."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+
+class EquivalenceReport(BaseModel):
+    """Errors of ``candidate`` against ``reference`` on the same random inputs.
+
+    ``max_rel_error`` is ``max|a-b| / max|ref|``; ``rel_l2_error`` is ``||a-b|| / ||ref||``;
+    ``top1_agreement`` is the share of rows whose arg-max agrees (2-D outputs only).
+    """
+
+    input_shape: list[int]
+    dtype: str
+    device: str
+    max_abs_error: float
+    max_rel_error: float
+    rel_l2_error: float
+    top1_agreement: float | None
+    tolerance: float
+    passed: bool
+
+
+@contextlib.contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """Turn TF32 off for cuDNN convs and matmuls (on by default for convs on Ampere+ GPUs)."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/``None`` -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def compare_outputs(reference: Tensor, candidate: Tensor) -> dict[str, Any]:
+    """The error measures of :class:`EquivalenceReport`, computed in float64."""
+    ref, cand = reference.detach().double(), candidate.detach().double()
+    diff = (ref - cand).abs()
+    scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+    top1 = None
+    if ref.ndim == 2:
+        top1 = (ref.argmax(dim=1) == cand.argmax(dim=1)).double().mean().item()
+    finite = bool(torch.isfinite(cand).all())
+    return {
+        "max_abs_error": diff.max().item() if finite else float("inf"),
+        "max_rel_error": (diff.max() / scale).item() if finite else float("inf"),
+        "rel_l2_error": (diff.norm() / ref.norm().clamp_min(torch.finfo(torch.float64).tiny)).item()
+        if finite
+        else float("inf"),
+        "top1_agreement": top1,
+    }
+
+
+def check_equivalence(
+    reference: nn.Module,
+    candidate: nn.Module,
+    input_shape: Sequence[int],
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = "auto",
+    *,
+    tolerance: float = 1e-9,
+    seed: int = 0,
+    inputs: Tensor | None = None,
+) -> EquivalenceReport:
+    """Run both models in eval mode on the same seeded inputs and report how far apart they are.
+
+    The models are copied (never modified) into ``dtype`` on ``device``; TF32 is off for the run.
+    ``passed`` means ``max_rel_error <= tolerance`` and every output is finite.
+    """
+    target = resolve_device(device)
+    if inputs is None:
+        generator = torch.Generator().manual_seed(seed)
+        inputs = torch.randn(tuple(input_shape), generator=generator, dtype=torch.float64)
+    x = inputs.to(device=target, dtype=dtype)
+    ref_model = copy.deepcopy(reference).to(device=target, dtype=dtype).eval()
+    cand_model = copy.deepcopy(candidate).to(device=target, dtype=dtype).eval()
+    with tf32_disabled(), torch.inference_mode():
+        errors = compare_outputs(ref_model(x), cand_model(x))
+    return EquivalenceReport(
+        input_shape=list(x.shape),
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(target),
+        tolerance=tolerance,
+        passed=errors["max_rel_error"] <= tolerance,
+        **errors,
+    )
