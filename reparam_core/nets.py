@@ -1,7 +1,7 @@
 """Build whole training networks (stem -> stages -> head) from per-block settings.
 
-``repvgg_layout`` and ``mobileone_layout`` produce the published layouts; ``build_staged_net``
-turns any layout into a :class:`StagedNet` of registered blocks.
+``build_staged_net`` turns a list of :class:`BlockSpec` per stage into a :class:`StagedNet` of
+registered blocks; ``build.py`` produces those lists from an ``ArchSpec``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ class BlockSpec(BaseModel):
     padding_mode: PaddingMode = "zeros"
     activation: str = "relu"
     se: SESpec | None = None
+    bn_eps: float = Field(default=1e-5, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 def build_block(spec: BlockSpec, in_channels: int) -> nn.Module:
     cls = BLOCKS.get(spec.family)
-    return cls(
+    block = cls(
         in_channels,
         spec.out_channels,
         spec.kernel_size,
@@ -47,6 +48,10 @@ def build_block(spec: BlockSpec, in_channels: int) -> nn.Module:
         se=spec.se,
         **spec.options,
     )
+    for module in block.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = spec.bn_eps
+    return block
 
 
 def build_staged_net(
@@ -63,35 +68,3 @@ def build_staged_net(
             channels = block.out_channels
         built.append(blocks)
     return StagedNet(stem_block, built, ClassifierHead(head) if head is not None else None)
-
-
-def repvgg_layout(
-    num_blocks: list[int],
-    width_multipliers: list[float],
-    *,
-    family: str = "repvgg",
-    group_layers: tuple[int, ...] = (),
-    groups: int = 1,
-    se_reduction: int | None = None,
-    **block_options: Any,
-) -> tuple[BlockSpec, list[list[BlockSpec]]]:
-    """The RepVGG layout: stem of min(64, 64a) then four stages (64a, 128a, 256a, 512b), each
-    starting with stride 2. Layers listed in ``group_layers`` (counted from the stem = 0) use ``groups``."""
-    a, b = width_multipliers[0], width_multipliers[3]
-    widths = [int(64 * a), int(128 * width_multipliers[1]), int(256 * width_multipliers[2]), int(512 * b)]
-    stem_width = min(64, int(64 * a))
-
-    def block(width: int, stride: int, index: int) -> BlockSpec:
-        se = SESpec(rd_channels=width // se_reduction) if se_reduction else None
-        g = groups if index in group_layers else 1
-        return BlockSpec(family=family, out_channels=width, stride=stride, groups=g, se=se, **block_options)
-
-    stem = block(stem_width, 2, 0)
-    stages, index = [], 1
-    for count, width in zip(num_blocks, widths, strict=True):
-        stage = []
-        for i in range(count):
-            stage.append(block(width, 2 if i == 0 else 1, index))
-            index += 1
-        stages.append(stage)
-    return stem, stages

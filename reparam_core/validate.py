@@ -68,6 +68,32 @@ def compare_outputs(reference: Tensor, candidate: Tensor) -> dict[str, Any]:
     }
 
 
+def measure(
+    reference_output: Tensor,
+    candidate_output: Tensor,
+    input_shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    tolerance: float,
+) -> EquivalenceReport:
+    """Build an :class:`EquivalenceReport` from two outputs for the same input."""
+    errors = compare_outputs(reference_output, candidate_output)
+    return EquivalenceReport(
+        input_shape=list(input_shape),
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        tolerance=tolerance,
+        passed=errors["max_rel_error"] <= tolerance,
+        **errors,
+    )
+
+
+def random_input(shape: Sequence[int], seed: int = 0) -> Tensor:
+    """Seeded standard-normal float64 input (CPU generator: identical on every device)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
+
+
 def check_equivalence(
     reference: nn.Module,
     candidate: nn.Module,
@@ -85,19 +111,8 @@ def check_equivalence(
     ``passed`` means ``max_rel_error <= tolerance`` and every output is finite.
     """
     target = resolve_device(device)
-    if inputs is None:
-        generator = torch.Generator().manual_seed(seed)
-        inputs = torch.randn(tuple(input_shape), generator=generator, dtype=torch.float64)
-    x = inputs.to(device=target, dtype=dtype)
+    x = (inputs if inputs is not None else random_input(input_shape, seed)).to(device=target, dtype=dtype)
     ref_model = copy.deepcopy(reference).to(device=target, dtype=dtype).eval()
     cand_model = copy.deepcopy(candidate).to(device=target, dtype=dtype).eval()
     with tf32_disabled(), torch.inference_mode():
-        errors = compare_outputs(ref_model(x), cand_model(x))
-    return EquivalenceReport(
-        input_shape=list(x.shape),
-        dtype=str(dtype).removeprefix("torch."),
-        device=str(target),
-        tolerance=tolerance,
-        passed=errors["max_rel_error"] <= tolerance,
-        **errors,
-    )
+        return measure(ref_model(x), cand_model(x), x.shape, dtype, target, tolerance)

@@ -16,43 +16,52 @@ from reparam_core import (
     count_convs,
     reparameterize,
 )
-from reparam_core.layers import HeadSpec
-from reparam_core.nets import build_staged_net, repvgg_layout
+from reparam_core.build import build_train_model
 from tests.support import randomize_
 
+TINY = {"family": "repvgg", "stem": {"width": 16}, "num_classes": 3}
 
-def repvgg_net(
-    num_blocks: list[int], multipliers: list[float], classes: int = 1000, **kw: object
-) -> StagedNet:
-    stem, stages = repvgg_layout(num_blocks, multipliers, **kw)  # type: ignore[arg-type]
-    head = HeadSpec(in_features=stages[-1][-1].out_channels, num_classes=classes)
-    return build_staged_net(3, stem, stages, head)
+
+def tiny_net(depths: list[int]) -> StagedNet:
+    return build_train_model({**TINY, "stages": [{"depth": d, "width": 16} for d in depths]})
 
 
 def params_m(model: torch.nn.Module) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
 
 
-@pytest.mark.parametrize(
-    ("blocks", "mult", "kw", "train_m", "deploy_m"),
-    [
-        ([2, 4, 14, 1], [0.75, 0.75, 0.75, 2.5], {}, 9.11, 8.31),
-        ([4, 6, 16, 1], [2, 2, 2, 4], {"group_layers": tuple(range(2, 27, 2)), "groups": 4}, 39.97, 36.13),
-    ],
-    ids=["A0", "B1g4"],
-)
-def test_repvgg_published_counts(
-    blocks: list[int], mult: list[float], kw: dict, train_m: float, deploy_m: float
+PUBLISHED = [  # (family, variant, train M, deploy M, convs after fusion) with 1000 classes
+    ("repvgg", "A0", 9.11, 8.31, 22),
+    ("repvgg", "A1", 14.09, 12.79, 22),
+    ("repvgg", "A2", 28.21, 25.50, 22),
+    ("repvgg", "B0", 15.82, 14.34, 28),
+    ("repvgg", "B1", 57.42, 51.83, 28),
+    ("repvgg", "B1g2", 45.78, 41.36, 28),
+    ("repvgg", "B1g4", 39.97, 36.13, 28),
+    ("repvgg", "B2", 89.02, 80.32, 28),
+    ("repvgg", "B2g4", 61.76, 55.78, 28),
+    ("repvgg", "B3", 123.09, 110.96, 28),
+    ("repvgg", "B3g4", 83.83, 75.63, 28),
+    ("repvgg", "D2se", 133.33, 120.39, 48),
+]
+
+
+@pytest.mark.parametrize(("family", "variant", "train_m", "deploy_m", "convs"), PUBLISHED)
+def test_published_parameter_counts(
+    family: str, variant: str, train_m: float, deploy_m: float, convs: int
 ) -> None:
-    net = repvgg_net(blocks, mult, **kw).eval()
-    fused = reparameterize(net)
+    net = build_train_model({"family": family, "variant": variant}, device="meta").eval()
     assert params_m(net) == train_m
-    assert params_m(fused) == deploy_m
-    assert count_convs(fused) == 1 + sum(blocks)
+    deploy = build_train_model({"family": family, "variant": variant}, device="meta").deploy_spec()
+    plain = PlainNet(deploy).to("meta")
+    assert params_m(plain) == deploy_m
+    assert count_convs(plain) == convs
 
 
 def test_a0_whole_net_equivalence_and_plain_rebuild() -> None:
-    net = randomize_(repvgg_net([2, 4, 14, 1], [0.75, 0.75, 0.75, 2.5], classes=10).double()).eval()
+    net = randomize_(
+        build_train_model({"family": "repvgg", "variant": "A0", "num_classes": 10}).double()
+    ).eval()
     fused = reparameterize(net)
     assert count_convs(fused) == 22
     spec = DeploySpec.parse(fused.deploy_spec().model_dump_json())
@@ -63,14 +72,14 @@ def test_a0_whole_net_equivalence_and_plain_rebuild() -> None:
 
 
 def test_deploy_spec_is_plain_json() -> None:
-    net = repvgg_net([1, 1, 1, 1], [0.25, 0.25, 0.25, 0.25], classes=3).eval()
+    net = tiny_net([1, 1, 1, 1]).eval()
     data = json.loads(reparameterize(net).deploy_spec(meta={"labels": ["a", "b", "c"]}).model_dump_json())
     assert data["stem"]["stride"] == 2 and data["stem"]["padding"] == 1
     assert data["head"]["num_classes"] == 3 and data["meta"]["labels"] == ["a", "b", "c"]
 
 
 def test_deploy_spec_rejects_broken_channel_chain() -> None:
-    net = repvgg_net([1, 1, 1, 1], [0.25, 0.25, 0.25, 0.25], classes=3).eval()
+    net = tiny_net([1, 1, 1, 1]).eval()
     data = json.loads(reparameterize(net).deploy_spec().model_dump_json())
     data["stages"][1][0]["in_channels"] = 7
     with pytest.raises(SpecError, match=r"deploy spec: stages.1.0: expects 7 input channels, gets 16"):
@@ -83,5 +92,5 @@ def test_deploy_spec_rejects_broken_channel_chain() -> None:
 
 
 def test_training_net_deploy_spec_matches_fused() -> None:
-    net = repvgg_net([1, 2, 1, 1], [0.25, 0.25, 0.25, 0.25], classes=3).eval()
+    net = tiny_net([1, 2, 1, 1]).eval()
     assert net.deploy_spec() == reparameterize(net).deploy_spec()

@@ -96,10 +96,9 @@ class IdentityConv1x1(nn.Module):
         super().__init__()
         self.groups = groups
         self.weight = nn.Parameter(torch.zeros(channels, channels // groups, 1, 1))
-        self.register_buffer("id_tensor", identity_kernel(channels, groups, 1, like=self.weight.detach()))
 
     def kernel(self) -> Tensor:
-        return self.weight + self.id_tensor
+        return self.weight + identity_kernel(self.weight.shape[0], self.groups, 1, like=self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.kernel(), groups=self.groups)

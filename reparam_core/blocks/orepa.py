@@ -93,6 +93,9 @@ class OREPAKernel(nn.Module):
         self.weight_orepa_origin = _kaiming(out_channels, per_group, k, k)
         self.weight_orepa_avg_conv = _kaiming(out_channels, per_group, 1, 1)
         self.weight_orepa_pfir_conv = _kaiming(out_channels, per_group, 1, 1)
+        # A buffer, as in the reference code: a checkpoint's prior is used as trained.
+        prior = frequency_prior(out_channels, k, like=torch.empty(0, dtype=torch.float64))
+        self.register_buffer("weight_orepa_prior", prior.to(torch.get_default_dtype()))
         self.weight_orepa_1x1 = _kaiming(out_channels, per_group, 1, 1)
         internal = internal_channels or (in_channels if groups <= 4 else 2 * in_channels)
         self.seq = _SeqBranch(in_channels, internal, out_channels, k, groups)
@@ -115,7 +118,7 @@ class OREPAKernel(nn.Module):
         k = self.k
         w = self.weight_orepa_origin
         avg = self.weight_orepa_avg_conv * w.new_ones((k, k)) / (k * k)
-        prior = self.weight_orepa_pfir_conv * frequency_prior(w.shape[0], k, like=w)[:, None]
+        prior = self.weight_orepa_pfir_conv * self.weight_orepa_prior[:, None]
         branches = (
             w,
             avg,
