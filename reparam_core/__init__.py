@@ -5,6 +5,13 @@ Pure PyTorch; no web imports. See ``kernels`` for the math, ``blocks`` for the f
 
 from __future__ import annotations
 
+import os
+
+# Fusing a 100M-parameter net allocates gigabytes that the kernel otherwise faults in 4 KiB at a
+# time; transparent huge pages make CPU conversion about 3x faster. Effective only when set before
+# torch's first allocation; export THP_MEM_ALLOC_ENABLE=0 to opt out.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from .blocks import BLOCKS, ReparamBlock, register_block
 from .errors import (
     CheckpointError,

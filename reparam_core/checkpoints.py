@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import load_file as load_safetensors_file
 from torch import Tensor
 
 from .errors import CheckpointError
@@ -55,45 +56,51 @@ def _placeholder(qualified: str) -> type:
 
 
 def read_checkpoint(source: str | Path | bytes) -> tuple[dict[str, Tensor], list[str]]:
-    """Tensors of a checkpoint file (or its bytes), unwrapped and unprefixed; notes on what was skipped."""
-    data = _read_bytes(source)
-    name = str(source) if not isinstance(source, bytes) else "<upload>"
-    if data[:1] == b"{" or name.endswith(".safetensors"):
-        try:
-            return dict(load_safetensors_bytes(data)), []
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            if name.endswith(".safetensors"):
-                raise CheckpointError(f"{name}: not a readable safetensors file ({exc})") from None
-    obj, notes = _torch_load(data, name)
-    return unwrap(obj, name), notes
+    """Tensors of a checkpoint file (or its bytes), unwrapped and unprefixed; notes on what was skipped.
 
-
-def _read_bytes(source: str | Path | bytes) -> bytes:
+    Files are memory-mapped, not copied: tensors are paged in as the conversion reads them.
+    """
     if isinstance(source, bytes):
-        return source
+        return _read(source, io.BytesIO(source), "<upload>")
+    path = Path(source)
     try:
-        return Path(source).read_bytes()
+        with path.open("rb") as handle:
+            head = handle.read(8)
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {source}: {exc.strerror}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    return _read(head, path, str(path))
 
 
-def _torch_load(data: bytes, name: str) -> tuple[Any, list[str]]:
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise CheckpointError(
-            f"{name}: not a safetensors or torch zip checkpoint (truncated, or the legacy pickle format "
-            f"that cannot be read without unpickling); {RESAVE_HINT}"
-        )
+def _read(head: bytes, source: Path | io.BytesIO, name: str) -> tuple[dict[str, Tensor], list[str]]:
+    if zipfile.is_zipfile(source):
+        obj, notes = _torch_load(source, name)
+        return unwrap(obj, name), notes
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+        if isinstance(source, Path):
+            return dict(load_safetensors_file(source)), []
+        return dict(load_safetensors_bytes(source.getvalue())), []
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        kind = "safetensors file" if head[8:9] == b"{" or name.endswith(".safetensors") else "checkpoint"
+        raise CheckpointError(
+            f"{name}: not a readable {kind}: neither safetensors nor a torch zip archive, or truncated "
+            f"({exc}); the legacy non-zip torch format cannot be read without unpickling: {RESAVE_HINT}"
+        ) from None
+
+
+def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(source)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise CheckpointError(f"{name}: corrupt or truncated torch checkpoint ({exc})") from None
     placeholders = [_placeholder(qualified) for qualified in unsafe]
+    mmap = isinstance(source, Path)
     try:
         with torch.serialization.safe_globals(placeholders):
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            obj = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for malformed archives
+        reason = f"it references {', '.join(unsafe)}, which safe loading refuses" if unsafe else str(exc)
         raise CheckpointError(
-            f"{name}: cannot be loaded safely ({type(exc).__name__}: {exc}); {RESAVE_HINT}"
+            f"{name}: cannot be loaded safely ({reason}; nothing was executed); {RESAVE_HINT}"
         ) from None
     notes = [f"ignored pickled object {qualified} (never executed)" for qualified in unsafe]
     return obj, notes
@@ -128,7 +135,7 @@ def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def check_values(state: dict[str, Tensor]) -> None:
     """Refuse NaN/Inf values and negative BN running variances, naming every offending key."""
-    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     negative = [k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())]
     problems = []
     if non_finite:
@@ -137,6 +144,11 @@ def check_values(state: dict[str, Tensor]) -> None:
         problems.append(f"negative BN running_var in {_listing(negative)}")
     if problems:
         raise CheckpointError("; ".join(problems))
+
+
+def _all_finite(tensor: Tensor) -> bool:
+    # A sum is non-finite if any element is (or if it overflows: then check element-wise).
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _listing(keys: list[str], limit: int = 12) -> str:

@@ -31,13 +31,20 @@ def fold_bn(
     ``t = gamma / sqrt(var + eps)``; ``K' = K * t``; ``b' = beta + (b - mean) * t``.
     ``gamma``/``beta`` are ``None`` for a BN without affine parameters.
     """
+    t, shift = bn_scale_shift(running_mean, running_var, gamma, beta, eps)
+    if conv_bias is not None:
+        shift = shift + conv_bias * t
+    return kernel * t.reshape(-1, 1, 1, 1), shift
+
+
+def bn_scale_shift(
+    running_mean: Tensor, running_var: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """An eval-mode BN as ``x * t + shift`` per channel."""
     std = (running_var + eps).sqrt()
     t = std.reciprocal() if gamma is None else gamma / std
-    bias = conv_bias if conv_bias is not None else torch.zeros_like(running_mean)
-    shift = (bias - running_mean) * t
-    if beta is not None:
-        shift = shift + beta
-    return kernel * t.reshape(-1, 1, 1, 1), shift
+    shift = -running_mean * t
+    return t, (shift + beta if beta is not None else shift)
 
 
 def add_branches(*branches: KernelBias) -> KernelBias:
@@ -66,6 +73,30 @@ def pad_to(kernel: Tensor, size: tuple[int, int]) -> Tensor:
             f"cannot centre a {kh}x{kw} kernel in {th}x{tw}: sizes must differ by an even amount"
         )
     return F.pad(kernel, [dw // 2, dw // 2, dh // 2, dh // 2])
+
+
+def add_centred_(kernel: Tensor, small: Tensor) -> Tensor:
+    """``kernel += pad_to(small, kernel size)`` in place, without building the padded kernel."""
+    kh, kw = kernel.shape[-2:]
+    sh, sw = small.shape[-2:]
+    dh, dw = kh - sh, kw - sw
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        raise ValueError(
+            f"cannot centre a {sh}x{sw} kernel in {kh}x{kw}: sizes must differ by an even amount"
+        )
+    kernel[..., dh // 2 : dh // 2 + sh, dw // 2 : dw // 2 + sw] += small
+    return kernel
+
+
+def add_identity_(kernel: Tensor, groups: int, factors: Tensor | None = None) -> Tensor:
+    """``kernel += diag(factors)`` as an identity kernel (see :func:`identity_kernel`), in place."""
+    channels, per_group, kh, kw = kernel.shape
+    rows = torch.arange(channels, device=kernel.device)
+    values = factors if factors is not None else kernel.new_ones(channels)
+    kernel.index_put_(
+        (rows, rows % per_group, rows.new_tensor(kh // 2), rows.new_tensor(kw // 2)), values, accumulate=True
+    )
+    return kernel
 
 
 def identity_kernel(channels: int, groups: int, kernel_size: int, *, like: Tensor) -> Tensor:

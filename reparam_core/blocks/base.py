@@ -28,6 +28,9 @@ class ReparamBlock(nn.Module, ABC):
     family: ClassVar[str]
     kernel_sizes: ClassVar[tuple[int, ...]] = (1, 3, 5, 7)
     supports_dilation: ClassVar[bool] = True
+    # True when fusion only scales kernels per channel and adds them: fp32 kernels with fp64
+    # per-channel factors then fuse to fp64 accuracy without upcasting the kernels first.
+    scales_only: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -106,15 +109,15 @@ class ReparamBlock(nn.Module, ABC):
         """A fresh :class:`FusedConv` (same dtype/device) computing what this block computes in eval."""
         if self.training:
             raise_training(type(self).__name__)
-        kernel, bias = self.equivalent_kernel_bias()
-        fused = FusedConv(self.layer_spec()).to(device=kernel.device, dtype=kernel.dtype)
         with torch.no_grad():
-            fused.conv.weight.copy_(kernel)
-            fused.conv.bias.copy_(bias)
-        if self.se is not None and fused.se is not None:
-            fused.se.load_state_dict(self.se.state_dict())
-        fused.eval()
-        return fused
+            kernel, bias = self.equivalent_kernel_bias()
+        with torch.device("meta"):  # no throw-away weight initialisation
+            fused = FusedConv(self.layer_spec())
+        state = {"conv.weight": kernel.detach(), "conv.bias": bias.detach()}
+        if self.se is not None:
+            state.update({f"se.{k}": v.detach().clone() for k, v in self.se.state_dict().items()})
+        fused.load_state_dict(state, strict=True, assign=True)
+        return fused.eval()
 
 
 def raise_training(what: str) -> None:

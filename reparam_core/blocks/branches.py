@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import KernelBias, add_branches, fold_bn, identity_kernel, pad_to
+from ..kernels import KernelBias, add_centred_, add_identity_, bn_scale_shift, fold_bn, identity_kernel
 
 
 def bn_kernel_bias(kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None) -> KernelBias:
@@ -15,11 +15,10 @@ def bn_kernel_bias(kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None 
     return fold_bn(kernel, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, conv_bias)
 
 
-def identity_bn_kernel_bias(bn: nn.BatchNorm2d, groups: int, kernel_size: int) -> KernelBias:
-    """An identity skip through a BN, as a ``kernel_size`` conv."""
-    like = bn.running_var if bn.running_var is not None else bn.weight
-    kernel = identity_kernel(bn.num_features, groups, kernel_size, like=like)
-    return bn_kernel_bias(kernel, bn)
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """An eval-mode ``BatchNorm2d`` as per-channel ``(scale, shift)``."""
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
+    return bn_scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
 class ConvBN(nn.Module):
@@ -107,14 +106,22 @@ class IdentityConv1x1(nn.Module):
 def parallel_kernel_bias(
     kxk: list[ConvBN], conv_1x1: ConvBN | None, identity: nn.BatchNorm2d | None, kernel_size: int, groups: int
 ) -> KernelBias:
-    """Sum of kxk conv-BN branches, optional 1x1 conv-BN and optional identity BN (RepVGG, MobileOne)."""
-    branches = [branch.kernel_bias() for branch in kxk]
+    """Sum of kxk conv-BN branches, optional 1x1 conv-BN and optional identity BN (RepVGG, MobileOne).
+
+    Accumulates in place into the first branch's freshly folded kernel: the small branches are
+    added on the centre taps, never materialised as full kxk kernels.
+    """
+    kernel, bias = kxk[0].kernel_bias()
+    for branch in kxk[1:]:
+        k, b = branch.kernel_bias()
+        kernel, bias = kernel.add_(k), bias + b
     if conv_1x1 is not None:
-        kernel, bias = conv_1x1.kernel_bias()
-        branches.append((pad_to(kernel, (kernel_size, kernel_size)), bias))
+        k, b = conv_1x1.kernel_bias()
+        kernel, bias = add_centred_(kernel, k), bias + b
     if identity is not None:
-        branches.append(identity_bn_kernel_bias(identity, groups, kernel_size))
-    return add_branches(*branches)
+        scale, shift = bn_affine(identity)
+        kernel, bias = add_identity_(kernel, groups, scale), bias + shift
+    return kernel, bias
 
 
 def parallel_forward(

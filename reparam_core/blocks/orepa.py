@@ -151,6 +151,7 @@ class OREPABlock(ReparamBlock):
     """One conv with the generated kernel, then BN (then SE/activation)."""
 
     family = "orepa"
+    scales_only = False
 
     def __init__(
         self,

@@ -1,0 +1,186 @@
+"""``reparam``: convert, batch-convert and inspect checkpoints from the command line.
+
+Exit codes: 0 equivalence passed, 1 the gate failed (nothing written), 2 bad input (one line on
+stderr), 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EquivalenceError, ReparamError
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".tar", ".bin", ".ckpt")
+
+err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except EquivalenceError as exc:
+        print(f"reparam: gate failed: {exc}", file=sys.stderr)
+        return EXIT_GATE
+    except ReparamError as exc:
+        print(f"reparam: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception:  # a bug, not bad input: keep the traceback, distinct exit code
+        traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reparam", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    convert = sub.add_parser("convert", help="convert one training checkpoint into verified deploy artifacts")
+    convert.add_argument("--checkpoint", required=True, type=Path)
+    convert.add_argument("--out", required=True, type=Path, help="folder for the artifacts (replaced whole)")
+    _conversion_options(convert)
+    convert.set_defaults(run=_cmd_convert)
+
+    batch = sub.add_parser("convert-dir", help="convert every checkpoint in a folder (one sub-folder each)")
+    batch.add_argument("--checkpoints", required=True, type=Path, help="folder of checkpoint files")
+    batch.add_argument("--out", required=True, type=Path)
+    _conversion_options(batch)
+    batch.set_defaults(run=_cmd_convert_dir)
+
+    inspect = sub.add_parser(
+        "inspect", help="describe a checkpoint: layout, form, family, blocks, parameters"
+    )
+    inspect.add_argument("checkpoint", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def _conversion_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--spec", required=True, help="architecture spec: a .json/.yaml file or inline JSON")
+    cmd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    cmd.add_argument("--tolerance", type=float, default=1e-9, help="max fp64 relative error (default 1e-9)")
+    cmd.add_argument("--no-export", action="store_true", help="skip the torch.export program (model.pt2)")
+    cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+    from .artifacts import write_artifacts
+    from .convert import convert
+    from .spec import parse_spec
+
+    spec = parse_spec(Path(args.spec) if Path(args.spec).is_file() else args.spec)
+    with err.status(f"{checkpoint.name}: starting") as status:
+        on_stage: Callable[[str], None] = lambda stage: status.update(f"{checkpoint.name}: {stage}")  # noqa: E731
+        result = convert(spec, checkpoint, device=args.device, tolerance=args.tolerance, progress=on_stage)
+        status.update(f"{checkpoint.name}: writing artifacts")
+        digests = write_artifacts(result, out_dir, export=not args.no_export)
+    return {
+        "checkpoint": str(checkpoint),
+        "out": str(out_dir),
+        "report": result.report.model_dump(mode="json"),
+        "timings": result.timings,
+        "sha256": digests,
+    }
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    summary = _convert_one(args, args.checkpoint, args.out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary([summary])
+    return EXIT_OK
+
+
+def _cmd_convert_dir(args: argparse.Namespace) -> int:
+    if not args.checkpoints.is_dir():
+        raise ReparamError(f"{args.checkpoints} is not a folder")
+    files = sorted(p for p in args.checkpoints.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    if not files:
+        raise ReparamError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) in {args.checkpoints}")
+    results: list[dict[str, Any]] = []
+    code = EXIT_OK
+    for path in files:
+        try:
+            results.append(_convert_one(args, path, args.out / path.stem))
+        except EquivalenceError as exc:
+            code = max(code, EXIT_GATE)
+            results.append({"checkpoint": str(path), "error": str(exc), "exit_code": EXIT_GATE})
+        except ReparamError as exc:
+            code = max(code, EXIT_INPUT)
+            results.append({"checkpoint": str(path), "error": str(exc), "exit_code": EXIT_INPUT})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print_summary(results)
+    return code
+
+
+def _print_summary(results: list[dict[str, Any]]) -> None:
+    table = Table(title="conversion")
+    for column in (
+        "checkpoint",
+        "status",
+        "format",
+        "fp64 rel err",
+        "fp32 rel err",
+        "convs",
+        "params",
+        "seconds",
+    ):
+        table.add_column(column)
+    for item in results:
+        if "error" in item:
+            table.add_row(Path(item["checkpoint"]).name, f"[red]{item['error']}[/red]", *[""] * 6)
+            continue
+        report = item["report"]
+        worst = max(r["max_rel_error"] for r in report["fp64"])
+        table.add_row(
+            Path(item["checkpoint"]).name,
+            "[green]passed[/green]",
+            report["checkpoint_format"],
+            f"{worst:.2e}",
+            f"{report['fp32']['max_rel_error']:.2e}",
+            f"{report['convs_train']} -> {report['convs_deploy']}",
+            f"{report['params_train'] / 1e6:.2f}M -> {report['params_deploy'] / 1e6:.2f}M",
+            f"{sum(item['timings'].values()):.2f}",
+        )
+    out.print(table)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .checkpoint_info import inspect_checkpoint
+
+    info = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        print(info.model_dump_json(indent=2))
+        return EXIT_OK
+    table = Table(show_header=False, title=str(args.checkpoint))
+    for key, value in info.model_dump().items():
+        if key != "path":
+            table.add_row(
+                key,
+                ", ".join(value)
+                if isinstance(value, list)
+                else f"{value:,}"
+                if isinstance(value, int)
+                else str(value),
+            )
+    out.print(table)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The conversion pipeline: checkpoint + spec -> verified plain deploy net.
+
+Steps (each timed): read the checkpoint safely, build the training net without allocating
+weights, map and strictly check the keys, load in float64 on the device, fuse every block, prove
+equivalence (float64 gate at the spec's input size and at a smaller non-square size; float32
+error of the stored weights reported and bounded), cast to the storage dtype.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from .blocks import ReparamBlock
+from .build import build_deploy_model, build_train_model
+from .checkpoints import _listing, check_values, read_checkpoint
+from .errors import CheckpointError, EquivalenceError
+from .key_formats import detect_format, guess_family, is_deploy_form
+from .plain import DeploySpec, PlainNet
+from .reparameterize import count_convs, reparameterize
+from .spec import ArchSpec, parse_spec
+from .validate import EquivalenceReport, measure, random_input, resolve_device, tf32_disabled
+
+# The stored float32 net may not be less accurate than the training net itself run in float32
+# (deep nets amplify rounding differently; well-conditioned ones show ~1e-6): it passes when its
+# error is at most FP32_SLACK times the training form's own float32 error, or FP32_FLOOR.
+FP32_SLACK = 10.0
+FP32_FLOOR = 1e-5
+MIN_COVERAGE = 0.5
+
+
+class ConversionReport(BaseModel):
+    """What was converted and how closely the deploy net reproduces the training net."""
+
+    arch: str
+    checkpoint_format: str
+    checkpoint_notes: list[str]
+    device: str
+    tolerance: float
+    passed: bool
+    fp64: list[EquivalenceReport]
+    fp32: EquivalenceReport | None
+    fp32_train: EquivalenceReport | None
+    params_train: int
+    params_deploy: int
+    convs_train: int
+    convs_deploy: int
+    torch_version: str
+
+
+@dataclass
+class ConversionResult:
+    deploy_model: PlainNet
+    deploy_spec: DeploySpec
+    report: ConversionReport
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.deploy_model.state_dict().items()}
+
+
+class _Timer:
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.progress is not None:
+            self.progress(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.timings[name] = round(time.perf_counter() - start, 6)
+
+
+def convert(
+    spec: ArchSpec | dict[str, Any] | str | Path,
+    checkpoint: str | Path | bytes | dict[str, Tensor],
+    *,
+    device: str | torch.device = "auto",
+    validate: bool = True,
+    tolerance: float = 1e-9,
+    storage_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> ConversionResult:
+    """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
+    report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
+    ``progress`` is called with each stage's name as it starts."""
+    timer = _Timer(progress)
+    target = resolve_device(device)
+    with timer.stage("parse"):
+        arch = parse_spec(spec)
+    with timer.stage("read"):
+        state, notes = (dict(checkpoint), []) if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+        check_values(state)
+    with timer.stage("build"):
+        model = build_train_model(arch, device="meta")
+        fmt = _load_strict(model, state, target)
+        model.eval()
+    with timer.stage("fuse"), torch.no_grad():
+        deploy = reparameterize(model)
+        deploy_spec = deploy.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
+    with timer.stage("cast"):
+        stored = _storage_model(deploy_spec, deploy, storage_dtype)
+    fp64: list[EquivalenceReport] = []
+    fp32 = fp32_train = None
+    if validate:
+        with timer.stage("validate"):
+            fp64, fp32, fp32_train = _gate(arch, model, deploy, stored, target, tolerance, seed)
+    report = ConversionReport(
+        arch=arch.name,
+        checkpoint_format=fmt,
+        checkpoint_notes=notes,
+        device=str(target),
+        tolerance=tolerance,
+        passed=all(r.passed for r in fp64) and (fp32 is None or fp32.passed),
+        fp64=fp64,
+        fp32=fp32,
+        fp32_train=fp32_train,
+        params_train=_params(model),
+        params_deploy=_params(stored),
+        convs_train=count_convs(model),
+        convs_deploy=count_convs(stored),
+        torch_version=torch.__version__,
+    )
+    if validate and not report.passed:
+        raise EquivalenceError(f"equivalence gate failed for {arch.name}: {_failures(report)}", report)
+    return ConversionResult(stored, deploy_spec, report, timer.timings)
+
+
+def _failures(report: ConversionReport) -> str:
+    failed = [r for r in report.fp64 if not r.passed]
+    if report.fp32 is not None and not report.fp32.passed:
+        failed.append(report.fp32)
+    return "; ".join(
+        f"{r.dtype} at {'x'.join(map(str, r.input_shape))}: max relative error {r.max_rel_error:.3e} "
+        f"> tolerance {r.tolerance or 0:.3g}"
+        for r in failed
+    )
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _load_strict(model: nn.Module, state: dict[str, Tensor], device: torch.device) -> str:
+    """Map ``state`` onto ``model`` (built on the meta device) and load it; returns the format name.
+
+    Every missing key, unexpected key and shape mismatch is reported at once.
+    """
+    expected = model.state_dict()
+    with torch.device("meta"):
+        deploy_keys = build_deploy_model(model.deploy_spec()).state_dict().keys()  # type: ignore[operator]
+    if is_deploy_form(state, deploy_keys):
+        raise CheckpointError(
+            "checkpoint is in deploy form (its blocks are already fused into single convs); "
+            "conversion needs the training-form checkpoint with every branch"
+        )
+    match = detect_format(state, expected)
+    if match.coverage < MIN_COVERAGE:
+        family = guess_family(state)
+        looks = f"; its keys look like a {family!r} checkpoint" if family else ""
+        raise CheckpointError(
+            f"checkpoint does not fit the spec: only {match.matched} of {match.expected} expected keys "
+            f"found in any known layout (native, official, timm, mmpretrain){looks}; "
+            f"e.g. it has {', '.join(list(state)[:3])}"
+        )
+    mapped = match.state
+    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    missing = [k for k in expected if k not in mapped and k not in optional]
+    unexpected = [k for k in mapped if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in mapped and mapped[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch in {_listing(shapes)}")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint ({match.format} layout) does not match the spec: " + "; ".join(problems)
+        )
+    scales_only = all(m.scales_only for m in model.modules() if isinstance(m, ReparamBlock))
+    tensors = {k: _to(v, device, keep_kernels=scales_only) for k, v in mapped.items()}
+    for key in optional - tensors.keys():
+        tensors[key] = torch.zeros((), dtype=torch.long, device=device)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return match.format
+
+
+def _to(tensor: Tensor, device: torch.device, keep_kernels: bool) -> Tensor:
+    """Move to ``device``; floats become float64, except conv kernels when fusion only scales them
+    (the fused result is float64 by type promotion; the net is upcast whole only to be validated)."""
+    if not tensor.is_floating_point() or (keep_kernels and tensor.ndim == 4):
+        return tensor.to(device=device)
+    return tensor.to(device=device, dtype=torch.float64)
+
+
+def _storage_model(spec: DeploySpec, fused: nn.Module, dtype: torch.dtype) -> PlainNet:
+    """The deploy net rebuilt from its spec alone (as a server will) holding the weights in ``dtype``."""
+    with torch.device("meta"):
+        plain = build_deploy_model(spec)
+    weights = {k: v.detach().to(device="cpu", dtype=dtype) for k, v in fused.state_dict().items()}
+    plain.load_state_dict(weights, strict=True, assign=True)
+    return plain.eval()
+
+
+def gate_shapes(arch: ArchSpec, batch: int = 2) -> list[tuple[int, int, int, int]]:
+    """The spec's input size, plus a smaller non-square one (borders and SE pooling differ there)."""
+    h, w = arch.input_size
+    small_h, small_w = max(8, h // 2 + 1), max(8, w // 2 + 9)
+    if small_h == small_w:
+        small_w += 2
+    return [(batch, arch.in_channels, h, w), (1, arch.in_channels, small_h, small_w)]
+
+
+def _gate(
+    arch: ArchSpec,
+    model: nn.Module,
+    deploy: nn.Module,
+    stored: PlainNet,
+    device: torch.device,
+    tolerance: float,
+    seed: int,
+) -> tuple[list[EquivalenceReport], EquivalenceReport, EquivalenceReport]:
+    """fp64 training vs fp64 fused net at every gate shape; at the first, the stored fp32 net and
+    (as the baseline it is held to) the training net in fp32, both against the fp64 reference."""
+    model.double()
+    deploy.double()
+    fp64: list[EquivalenceReport] = []
+    with tf32_disabled(), torch.inference_mode():
+        for i, shape in enumerate(gate_shapes(arch)):
+            x = random_input(shape, seed + i).to(device)
+            reference = model(x)
+            fp64.append(measure(reference, deploy(x), shape, torch.float64, device, tolerance))
+            if i == 0:
+                stored_dtype = next(stored.parameters()).dtype
+                train_out = model.to(stored_dtype)(x.to(stored_dtype))
+                fp32_train = measure(reference, train_out, shape, stored_dtype, device, None)
+                model.double()
+                bound = max(FP32_FLOOR, FP32_SLACK * fp32_train.max_rel_error)
+                out = stored.to(device)(x.to(stored_dtype))
+                fp32 = measure(reference, out, shape, stored_dtype, device, bound)
+                stored.to("cpu")
+    return fp64, fp32, fp32_train

@@ -1,0 +1,166 @@
+"""The `reparam` command: exit codes 0 / 1 (gate) / 2 (bad input), outputs, batch conversion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reparam_core.build import build_train_model
+from reparam_core.cli import main
+from tests.support import randomize_
+
+TINY = {
+    "family": "repvgg",
+    "stem": {"width": 8},
+    "stages": [{"depth": 1, "width": 8}],
+    "num_classes": 3,
+    "input_size": [24, 24],
+}
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": randomize_(build_train_model(TINY)).state_dict(), "epoch": 10}, path)
+    return path
+
+
+def test_convert_writes_artifacts_and_json(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "convert",
+            "--spec",
+            json.dumps(TINY),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-export",
+            "--json",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["report"]["passed"] and (out / "model.safetensors").exists()
+    assert set(summary["sha256"]) == {"model.safetensors", "deploy_spec.json", "report.json"}
+
+
+def test_spec_from_a_yaml_file(tmp_path: Path, checkpoint: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "family: repvgg\nstem: {width: 8}\nstages: [{depth: 1, width: 8}]\nnum_classes: 3\n"
+        "input_size: [24, 24]\n"
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "--spec",
+                str(spec),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-export",
+            ]
+        )
+        == 0
+    )
+
+
+def test_gate_failure_exits_1_and_writes_nothing(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "convert",
+            "--spec",
+            json.dumps(TINY),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--tolerance",
+            "1e-30",
+        ]
+    )
+    assert code == 1 and not out.exists()
+    assert "gate failed" in capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    code = main(
+        ["convert", "--spec", json.dumps(TINY), "--checkpoint", str(bad), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("reparam: error:") and err.count("\n") == 1
+    assert (
+        main(["convert", "--spec", '{"family": "x"}', "--checkpoint", str(bad), "--out", str(tmp_path)]) == 2
+    )
+
+
+def test_inspect_json(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(checkpoint), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "native" and info["form"] == "train" and info["family"] == "repvgg"
+    assert info["blocks"] == 2 and info["parameters"] > 0
+
+
+def test_inspect_recognises_official_deploy_form(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "deploy.pt"
+    torch.save(
+        {"stage0.rbr_reparam.weight": torch.zeros(8, 3, 3, 3), "stage0.rbr_reparam.bias": torch.zeros(8)},
+        path,
+    )
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "official" and info["form"] == "deploy"
+
+
+def test_convert_dir_reports_each_file(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    (folder / "good.pth").write_bytes(checkpoint.read_bytes())
+    (folder / "broken.pt").write_bytes(b"not a checkpoint")
+    (folder / "notes.txt").write_text("ignored")
+    code = main(
+        [
+            "convert-dir",
+            "--spec",
+            json.dumps(TINY),
+            "--checkpoints",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-export",
+            "--json",
+        ]
+    )
+    results = {Path(r["checkpoint"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert code == 2 and set(results) == {"good.pth", "broken.pt"}
+    assert results["good.pth"]["report"]["passed"] and results["broken.pt"]["exit_code"] == 2
+    assert (tmp_path / "out" / "good" / "model.safetensors").exists() and not (
+        tmp_path / "out" / "broken"
+    ).exists()
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "reparam_core.cli", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "convert" in result.stdout and "inspect" in result.stdout
