@@ -13,6 +13,8 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from .blocks import BLOCKS, ReparamBlock, register_block
+from .build import build_deploy_model, build_train_model
+from .convert import ConversionReport, ConversionResult, convert
 from .errors import (
     CheckpointError,
     ConversionError,
@@ -23,13 +25,17 @@ from .errors import (
 )
 from .plain import ConvLayerSpec, DeploySpec, FusedConv, PlainNet, StagedNet
 from .reparameterize import count_convs, reparameterize
+from .spec import ArchSpec, parse_spec
 from .validate import EquivalenceReport, check_equivalence
 
 __all__ = [
     "BLOCKS",
+    "ArchSpec",
     "CheckpointError",
     "ConvLayerSpec",
     "ConversionError",
+    "ConversionReport",
+    "ConversionResult",
     "DeploySpec",
     "EquivalenceError",
     "EquivalenceReport",
@@ -40,8 +46,12 @@ __all__ = [
     "SpecError",
     "StagedNet",
     "UnknownNameError",
+    "build_deploy_model",
+    "build_train_model",
     "check_equivalence",
+    "convert",
     "count_convs",
+    "parse_spec",
     "register_block",
     "reparameterize",
 ]

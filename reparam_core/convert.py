@@ -23,6 +23,7 @@ from .blocks import ReparamBlock
 from .build import build_deploy_model, build_train_model
 from .checkpoints import _listing, check_values, read_checkpoint
 from .errors import CheckpointError, EquivalenceError
+from .fusion import fused_state_dict
 from .key_formats import detect_format, guess_family, is_deploy_form
 from .plain import DeploySpec, PlainNet
 from .reparameterize import count_convs, reparameterize
@@ -110,15 +111,17 @@ def convert(
         model = build_train_model(arch, device="meta")
         fmt = _load_strict(model, state, target)
         model.eval()
-    with timer.stage("fuse"), torch.no_grad():
-        deploy = reparameterize(model)
-        deploy_spec = deploy.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
-    with timer.stage("cast"):
-        stored = _storage_model(deploy_spec, deploy, storage_dtype)
+    with timer.stage("fuse"):
+        weights = fused_state_dict(model, storage_dtype)
+    with timer.stage("assemble"):
+        deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
+        stored = _storage_model(deploy_spec, weights)
     fp64: list[EquivalenceReport] = []
     fp32 = fp32_train = None
     if validate:
         with timer.stage("validate"):
+            # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
+            deploy = reparameterize(model.double())
             fp64, fp32, fp32_train = _gate(arch, model, deploy, stored, target, tolerance, seed)
     report = ConversionReport(
         arch=arch.name,
@@ -162,9 +165,9 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor], device: torch.devic
     Every missing key, unexpected key and shape mismatch is reported at once.
     """
     expected = model.state_dict()
-    with torch.device("meta"):
-        deploy_keys = build_deploy_model(model.deploy_spec()).state_dict().keys()  # type: ignore[operator]
-    if is_deploy_form(state, deploy_keys):
+    blocks = [name for name, m in model.named_modules() if isinstance(m, ReparamBlock)]
+    fused_keys = [f"{name}.conv.{leaf}" for name in blocks for leaf in ("weight", "bias")]
+    if is_deploy_form(state, fused_keys):
         raise CheckpointError(
             "checkpoint is in deploy form (its blocks are already fused into single convs); "
             "conversion needs the training-form checkpoint with every branch"
@@ -198,8 +201,8 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor], device: torch.devic
         raise CheckpointError(
             f"checkpoint ({match.format} layout) does not match the spec: " + "; ".join(problems)
         )
-    scales_only = all(m.scales_only for m in model.modules() if isinstance(m, ReparamBlock))
-    tensors = {k: _to(v, device, keep_kernels=scales_only) for k, v in mapped.items()}
+    separable = all(m.row_separable for m in model.modules() if isinstance(m, ReparamBlock))
+    tensors = {k: _to(v, device, keep_kernels=separable) for k, v in mapped.items()}
     for key in optional - tensors.keys():
         tensors[key] = torch.zeros((), dtype=torch.long, device=device)
     model.load_state_dict(tensors, strict=True, assign=True)
@@ -214,12 +217,11 @@ def _to(tensor: Tensor, device: torch.device, keep_kernels: bool) -> Tensor:
     return tensor.to(device=device, dtype=torch.float64)
 
 
-def _storage_model(spec: DeploySpec, fused: nn.Module, dtype: torch.dtype) -> PlainNet:
-    """The deploy net rebuilt from its spec alone (as a server will) holding the weights in ``dtype``."""
+def _storage_model(spec: DeploySpec, weights: dict[str, Tensor]) -> PlainNet:
+    """The deploy net rebuilt from its spec alone (as a server will), holding ``weights`` on the CPU."""
     with torch.device("meta"):
         plain = build_deploy_model(spec)
-    weights = {k: v.detach().to(device="cpu", dtype=dtype) for k, v in fused.state_dict().items()}
-    plain.load_state_dict(weights, strict=True, assign=True)
+    plain.load_state_dict({k: v.to("cpu") for k, v in weights.items()}, strict=True, assign=True)
     return plain.eval()
 
 

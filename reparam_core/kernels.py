@@ -88,14 +88,16 @@ def add_centred_(kernel: Tensor, small: Tensor) -> Tensor:
     return kernel
 
 
-def add_identity_(kernel: Tensor, groups: int, factors: Tensor | None = None) -> Tensor:
-    """``kernel += diag(factors)`` as an identity kernel (see :func:`identity_kernel`), in place."""
-    channels, per_group, kh, kw = kernel.shape
-    rows = torch.arange(channels, device=kernel.device)
-    values = factors if factors is not None else kernel.new_ones(channels)
-    kernel.index_put_(
-        (rows, rows % per_group, rows.new_tensor(kh // 2), rows.new_tensor(kw // 2)), values, accumulate=True
-    )
+def add_identity_(kernel: Tensor, factors: Tensor, first_row: int = 0) -> Tensor:
+    """``kernel += diag(factors)`` as an identity kernel (see :func:`identity_kernel`), in place.
+
+    ``kernel`` may hold only output channels ``first_row, first_row + 1, ...`` of the full kernel.
+    """
+    rows, per_group, kh, kw = kernel.shape
+    local = torch.arange(rows, device=kernel.device)
+    columns = (local + first_row) % per_group
+    centre_h, centre_w = local.new_tensor(kh // 2), local.new_tensor(kw // 2)
+    kernel.index_put_((local, columns, centre_h, centre_w), factors.to(kernel.dtype), accumulate=True)
     return kernel
 
 
@@ -157,7 +159,6 @@ def concat_depth(*branches: KernelBias) -> KernelBias:
     return torch.cat(kernels, dim=0), torch.cat(biases, dim=0)
 
 
-def scale(branch: KernelBias, factors: Tensor) -> KernelBias:
-    """Per-output-channel scale (OREPA linear scaling, CSLA constant scales): ``K * s``, ``b * s``."""
-    kernel, bias = branch
-    return kernel * factors.reshape(-1, 1, 1, 1), bias * factors
+def scale(kernel: Tensor, factors: Tensor) -> Tensor:
+    """Per-output-channel scale (OREPA linear scaling, CSLA constant scales): ``K * s``."""
+    return kernel * factors.reshape(-1, 1, 1, 1)

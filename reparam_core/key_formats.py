@@ -140,6 +140,8 @@ def detect_format(state: dict[str, Tensor], expected: Iterable[str]) -> FormatMa
         hits = len(wanted.intersection(mapped))
         if best is None or hits > best.matched:
             best = FormatMatch(fmt.name, mapped, hits, len(wanted))
+        if hits == len(wanted) == len(mapped):  # a perfect fit: no other layout can do better
+            break
     assert best is not None
     return best
 

@@ -43,7 +43,7 @@ def test_every_block_family_converts_through_the_pipeline(block: str) -> None:
     assert report.fp32 is not None and report.fp32_train is not None and report.fp32.passed
     assert report.convs_deploy == 3 and isinstance(result.deploy_model, PlainNet)
     assert next(result.deploy_model.parameters()).dtype == torch.float32
-    assert set(result.timings) == {"parse", "read", "build", "fuse", "cast", "validate"}
+    assert set(result.timings) == {"parse", "read", "build", "fuse", "assemble", "validate"}
 
 
 def test_gate_covers_spec_size_and_a_smaller_non_square_size() -> None:

@@ -134,9 +134,9 @@ def test_add_and_scale() -> None:
     b = (torch.randn(3, 2, 3, 3), torch.randn(3))
     s = torch.randn(3)
     x = torch.randn(1, 2, 5, 5)
-    k, bias = kernels.scale(kernels.add_branches(a, b), s)
+    k, bias = kernels.add_branches(a, b)
     expected = (F.conv2d(x, *a) + F.conv2d(x, *b)) * s.reshape(1, -1, 1, 1)
-    assert rel_err(F.conv2d(x, k, bias), expected) < 1e-14
+    assert rel_err(F.conv2d(x, kernels.scale(k, s), bias * s), expected) < 1e-14
     with pytest.raises(ValueError, match="cannot add"):
         kernels.add_branches(a, (torch.zeros(3, 2, 1, 1), torch.zeros(3)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..kernels import KernelBias, add_branches, pad_to
+from ..kernels import KernelBias, add_centred_
 from .base import ReparamBlock
 from .branches import ConvBN
 
@@ -29,10 +29,8 @@ class ACBlock(ReparamBlock):
     def linear_forward(self, x: Tensor) -> Tensor:
         return self.square(x) + self.ver(x) + self.hor(x)
 
-    def equivalent_kernel_bias(self) -> KernelBias:
-        size = (self.kernel_size, self.kernel_size)
-        ver_k, ver_b = self.ver.kernel_bias()
-        hor_k, hor_b = self.hor.kernel_bias()
-        return add_branches(
-            self.square.kernel_bias(), (pad_to(ver_k, size), ver_b), (pad_to(hor_k, size), hor_b)
-        )
+    def kernel_bias_rows(self, rows: slice) -> KernelBias:
+        kernel, bias = self.square.kernel_bias(rows)
+        ver_k, ver_b = self.ver.kernel_bias(rows)
+        hor_k, hor_b = self.hor.kernel_bias(rows)
+        return add_centred_(add_centred_(kernel, ver_k), hor_k), bias + ver_b + hor_b

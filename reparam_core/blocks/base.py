@@ -20,6 +20,7 @@ from ..layers import SESpec, SqueezeExcite, apply_epilogue, make_activation
 from ..plain import ConvLayerSpec, FusedConv
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+ALL_ROWS = slice(None)
 
 
 class ReparamBlock(nn.Module, ABC):
@@ -28,9 +29,11 @@ class ReparamBlock(nn.Module, ABC):
     family: ClassVar[str]
     kernel_sizes: ClassVar[tuple[int, ...]] = (1, 3, 5, 7)
     supports_dilation: ClassVar[bool] = True
-    # True when fusion only scales kernels per channel and adds them: fp32 kernels with fp64
-    # per-channel factors then fuse to fp64 accuracy without upcasting the kernels first.
-    scales_only: ClassVar[bool] = True
+    # Row-separable: output channel o of the fused kernel depends only on row o of each branch's
+    # kernel and on per-channel factors (fusion scales kernels per channel and adds them). Such
+    # families implement ``kernel_bias_rows``; fp32 kernels with fp64 factors then fuse to fp64
+    # accuracy without upcasting the kernels, a block of rows at a time.
+    row_separable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -83,9 +86,13 @@ class ReparamBlock(nn.Module, ABC):
     def linear_forward(self, x: Tensor) -> Tensor:
         """Sum of the linear branches (everything before SE and activation)."""
 
-    @abstractmethod
     def equivalent_kernel_bias(self) -> KernelBias:
         """Kernel ``[out, in/groups, k, k]`` and bias ``[out]`` of the single equivalent conv."""
+        return self.kernel_bias_rows(ALL_ROWS)
+
+    def kernel_bias_rows(self, rows: slice) -> KernelBias:
+        """Output channels ``rows`` of :meth:`equivalent_kernel_bias` (row-separable families)."""
+        raise NotImplementedError(f"{self.family} is not row-separable; use equivalent_kernel_bias()")
 
     def forward(self, x: Tensor) -> Tensor:
         placement = self.se_spec.placement if self.se_spec else "pre_act"

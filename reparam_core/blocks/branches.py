@@ -7,18 +7,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import KernelBias, add_centred_, add_identity_, bn_scale_shift, fold_bn, identity_kernel
+from .base import ALL_ROWS
 
 
-def bn_kernel_bias(kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None) -> KernelBias:
-    """Fold an eval-mode ``BatchNorm2d`` module into ``kernel`` (see :func:`kernels.fold_bn`)."""
+def bn_kernel_bias(
+    kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None, rows: slice = ALL_ROWS
+) -> KernelBias:
+    """Fold an eval-mode ``BatchNorm2d`` (channels ``rows``) into ``kernel`` (see :func:`kernels.fold_bn`)."""
     assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
-    return fold_bn(kernel, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, conv_bias)
+    gamma = bn.weight[rows] if bn.weight is not None else None
+    beta = bn.bias[rows] if bn.bias is not None else None
+    return fold_bn(kernel, bn.running_mean[rows], bn.running_var[rows], gamma, beta, bn.eps, conv_bias)
 
 
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """An eval-mode ``BatchNorm2d`` as per-channel ``(scale, shift)``."""
+def bn_affine(bn: nn.BatchNorm2d, rows: slice = ALL_ROWS) -> tuple[Tensor, Tensor]:
+    """An eval-mode ``BatchNorm2d`` (its channels ``rows``) as per-channel ``(scale, shift)``."""
     assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
-    return bn_scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    gamma = bn.weight[rows] if bn.weight is not None else None
+    beta = bn.bias[rows] if bn.bias is not None else None
+    return bn_scale_shift(bn.running_mean[rows], bn.running_var[rows], gamma, beta, bn.eps)
 
 
 class ConvBN(nn.Module):
@@ -52,8 +59,8 @@ class ConvBN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))
 
-    def kernel_bias(self) -> KernelBias:
-        return bn_kernel_bias(self.conv.weight, self.bn)
+    def kernel_bias(self, rows: slice = ALL_ROWS) -> KernelBias:
+        return bn_kernel_bias(self.conv.weight[rows], self.bn, rows=rows)
 
 
 class BNAndPad(nn.Module):
@@ -104,23 +111,27 @@ class IdentityConv1x1(nn.Module):
 
 
 def parallel_kernel_bias(
-    kxk: list[ConvBN], conv_1x1: ConvBN | None, identity: nn.BatchNorm2d | None, kernel_size: int, groups: int
+    kxk: list[ConvBN],
+    conv_1x1: ConvBN | None,
+    identity: nn.BatchNorm2d | None,
+    rows: slice = ALL_ROWS,
 ) -> KernelBias:
     """Sum of kxk conv-BN branches, optional 1x1 conv-BN and optional identity BN (RepVGG, MobileOne).
 
     Accumulates in place into the first branch's freshly folded kernel: the small branches are
     added on the centre taps, never materialised as full kxk kernels.
     """
-    kernel, bias = kxk[0].kernel_bias()
+    kernel, bias = kxk[0].kernel_bias(rows)
     for branch in kxk[1:]:
-        k, b = branch.kernel_bias()
+        k, b = branch.kernel_bias(rows)
         kernel, bias = kernel.add_(k), bias + b
     if conv_1x1 is not None:
-        k, b = conv_1x1.kernel_bias()
+        k, b = conv_1x1.kernel_bias(rows)
         kernel, bias = add_centred_(kernel, k), bias + b
     if identity is not None:
-        scale, shift = bn_affine(identity)
-        kernel, bias = add_identity_(kernel, groups, scale), bias + shift
+        scale, shift = bn_affine(identity, rows)
+        first = rows.start or 0
+        kernel, bias = add_identity_(kernel, scale, first_row=first), bias + shift
     return kernel, bias
 
 

@@ -32,5 +32,5 @@ class ConvBNBlock(ReparamBlock):
     def linear_forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))
 
-    def equivalent_kernel_bias(self) -> KernelBias:
-        return bn_kernel_bias(self.conv.weight, self.bn)
+    def kernel_bias_rows(self, rows: slice) -> KernelBias:
+        return bn_kernel_bias(self.conv.weight[rows], self.bn, rows=rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels import KernelBias, add_branches, identity_kernel, pad_to, scale
+from ..kernels import KernelBias, add_centred_, add_identity_, scale
 from .base import ReparamBlock
 from .branches import bn_kernel_bias
 
@@ -59,15 +59,9 @@ class LinearAddBlock(ReparamBlock):
             out = out + self.scale_identity(x)
         return self.bn(out)
 
-    def equivalent_kernel_bias(self) -> KernelBias:
-        k = self.kernel_size
-        zeros = self.conv.weight.new_zeros(self.out_channels)
-        branches = [
-            scale((self.conv.weight, zeros), self.scale_conv.weight),
-            scale((pad_to(self.conv_1x1.weight, (k, k)), zeros), self.scale_1x1.weight),
-        ]
+    def kernel_bias_rows(self, rows: slice) -> KernelBias:
+        kernel = scale(self.conv.weight[rows], self.scale_conv.weight[rows])
+        add_centred_(kernel, scale(self.conv_1x1.weight[rows], self.scale_1x1.weight[rows]))
         if self.scale_identity is not None:
-            eye = identity_kernel(self.out_channels, self.groups, k, like=self.conv.weight)
-            branches.append(scale((eye, zeros), self.scale_identity.weight))
-        kernel, _ = add_branches(*branches)
-        return bn_kernel_bias(kernel, self.bn)
+            add_identity_(kernel, self.scale_identity.weight[rows], first_row=rows.start or 0)
+        return bn_kernel_bias(kernel, self.bn, rows=rows)

@@ -19,7 +19,7 @@ class DiverseBranchBlock(ReparamBlock):
     family = "dbb"
     kernel_sizes = (3, 5, 7)
     supports_dilation = False
-    scales_only = False
+    row_separable = False
 
     def __init__(
         self,

@@ -40,7 +40,5 @@ class MobileOneBlock(ReparamBlock):
     def linear_forward(self, x: Tensor) -> Tensor:
         return parallel_forward(x, list(self.conv_kxk), self.conv_scale, self.identity)
 
-    def equivalent_kernel_bias(self) -> KernelBias:
-        return parallel_kernel_bias(
-            list(self.conv_kxk), self.conv_scale, self.identity, self.kernel_size, self.groups
-        )
+    def kernel_bias_rows(self, rows: slice) -> KernelBias:
+        return parallel_kernel_bias(list(self.conv_kxk), self.conv_scale, self.identity, rows)

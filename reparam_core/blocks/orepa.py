@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import KernelBias, identity_kernel, merge_sequential, pad_to
+from ..kernels import KernelBias, identity_kernel, merge_sequential, pad_to, scale
 from .base import ReparamBlock
 from .branches import bn_kernel_bias
 
@@ -39,11 +39,6 @@ def _compose(first: Tensor, second: Tensor, groups: int) -> Tensor:
     zeros = first.new_zeros(first.shape[0])
     kernel, _ = merge_sequential((first, zeros), (second, second.new_zeros(second.shape[0])), groups)
     return kernel
-
-
-def _scaled(kernel: Tensor, factors: Tensor) -> Tensor:
-    """OREPA's linear scaling: one learnable factor per output channel."""
-    return kernel * factors.reshape(-1, 1, 1, 1)
 
 
 def _kaiming(*shape: int) -> nn.Parameter:
@@ -127,7 +122,7 @@ class OREPAKernel(nn.Module):
             pad_to(self.weight_orepa_1x1, (k, k)),
             self._dw_separable(),
         )
-        return sum(_scaled(b, row) for row, b in zip(self.vector, branches, strict=True))  # type: ignore[return-value]
+        return sum(scale(b, row) for row, b in zip(self.vector, branches, strict=True))  # type: ignore[return-value]
 
 
 class OREPA1x1Kernel(nn.Module):
@@ -144,14 +139,14 @@ class OREPA1x1Kernel(nn.Module):
         self.vector = nn.Parameter(torch.tensor([1.0, 0.5])[:, None].repeat(1, out_channels))
 
     def forward(self) -> Tensor:
-        return _scaled(self.weight_orepa_origin, self.vector[0]) + _scaled(self.seq.kernel(), self.vector[1])
+        return scale(self.weight_orepa_origin, self.vector[0]) + scale(self.seq.kernel(), self.vector[1])
 
 
 class OREPABlock(ReparamBlock):
     """One conv with the generated kernel, then BN (then SE/activation)."""
 
     family = "orepa"
-    scales_only = False
+    row_separable = False
 
     def __init__(
         self,

@@ -33,7 +33,5 @@ class RepVGGBlock(ReparamBlock):
     def linear_forward(self, x: Tensor) -> Tensor:
         return parallel_forward(x, [self.conv_kxk], self.conv_1x1, self.identity)
 
-    def equivalent_kernel_bias(self) -> KernelBias:
-        return parallel_kernel_bias(
-            [self.conv_kxk], self.conv_1x1, self.identity, self.kernel_size, self.groups
-        )
+    def kernel_bias_rows(self, rows: slice) -> KernelBias:
+        return parallel_kernel_bias([self.conv_kxk], self.conv_1x1, self.identity, rows)
