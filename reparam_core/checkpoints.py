@@ -55,20 +55,24 @@ def _placeholder(qualified: str) -> type:
     return type(name, (_Inert,), {"__module__": module, "__qualname__": name})
 
 
-def read_checkpoint(source: str | Path | bytes) -> tuple[dict[str, Tensor], list[str]]:
+def read_checkpoint(
+    source: str | Path | bytes, name: str | None = None
+) -> tuple[dict[str, Tensor], list[str]]:
     """Tensors of a checkpoint file (or its bytes), unwrapped and unprefixed; notes on what was skipped.
 
     Files are memory-mapped, not copied: tensors are paged in as the conversion reads them.
+    ``name`` is how errors refer to the checkpoint (default: its path).
     """
     if isinstance(source, bytes):
-        return _read(source, io.BytesIO(source), "<upload>")
+        return _read(source, io.BytesIO(source), name or "<upload>")
     path = Path(source)
+    label = name or str(path)
     try:
         with path.open("rb") as handle:
             head = handle.read(8)
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
-    return _read(head, path, str(path))
+        raise CheckpointError(f"cannot read checkpoint {label}: {exc.strerror}") from None
+    return _read(head, path, label)
 
 
 def _read(head: bytes, source: Path | io.BytesIO, name: str) -> tuple[dict[str, Tensor], list[str]]:

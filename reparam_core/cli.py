@@ -7,6 +7,7 @@ stderr), 3 internal error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import traceback
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, type=Path)
     _conversion_options(batch)
     batch.set_defaults(run=_cmd_convert_dir)
+
+    serve = sub.add_parser(
+        "serve", help="start the HTTP service (and a managed TorchServe when Java is present)"
+    )
+    serve.add_argument("--host", default=None, help="default REPARAM_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default REPARAM_PORT or 8000")
+    serve.set_defaults(run=_cmd_serve)
 
     inspect = sub.add_parser(
         "inspect", help="describe a checkpoint: layout, form, family, blocks, parameters"
@@ -158,6 +166,13 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
             f"{sum(item['timings'].values()):.2f}",
         )
     out.print(table)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Imported by name at run time: the library never depends on the service package.
+    service_main = importlib.import_module("service.main")
+    service_main.run(args.host, args.port)
+    return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -96,16 +96,21 @@ def convert(
     storage_dtype: torch.dtype = torch.float32,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    checkpoint_name: str | None = None,
 ) -> ConversionResult:
     """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
     report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
-    ``progress`` is called with each stage's name as it starts."""
+    ``progress`` is called with each stage's name as it starts; ``checkpoint_name`` is how errors
+    name the checkpoint (default: its path)."""
     timer = _Timer(progress)
     target = resolve_device(device)
     with timer.stage("parse"):
         arch = parse_spec(spec)
     with timer.stage("read"):
-        state, notes = (dict(checkpoint), []) if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+        if isinstance(checkpoint, dict):
+            state, notes = dict(checkpoint), []
+        else:
+            state, notes = read_checkpoint(checkpoint, checkpoint_name)
         check_values(state)
     with timer.stage("build"):
         model = build_train_model(arch, device="meta")

@@ -1,0 +1,1 @@
+"""The HTTP service: POST /convert -> versioned registry -> TorchServe -> /predict, with metrics."""

@@ -1,0 +1,82 @@
+"""``create_app()``: wiring of settings, stores, backend and routers; startup re-registers every version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from . import __doc__ as service_doc
+from .backends import select_backend
+from .backends.inprocess import InProcessBackend
+from .config import Settings, get_settings
+from .errors import install_handlers
+from .jobs import Conversions
+from .limits import BodySizeLimit
+from .metrics import Metrics
+from .routes import convert, health, models, predict
+from .store import MetadataStore, artifact_store_from_settings
+
+log = logging.getLogger("reparam.service")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.state.metadata = MetadataStore(settings.resolved_database_url)
+    app.state.artifacts = artifact_store_from_settings(settings)
+    backend = select_backend(settings)
+    try:
+        await backend.start()
+    except Exception as exc:
+        if settings.backend != "auto" or settings.torchserve_url:
+            raise
+        log.error("TorchServe failed to start (%s): falling back to the in-process backend", exc)
+        await backend.stop()
+        backend = InProcessBackend(settings.device)
+        await backend.start()
+    app.state.backend = backend
+    conversions = Conversions(settings, app.state.metadata, app.state.artifacts, backend, app.state.metrics)
+    app.state.conversions = conversions
+    restored = await conversions.restore()
+    log.info("serving with the %s backend; %d stored versions registered", backend.name, restored)
+    try:
+        yield
+    finally:
+        conversions.close()
+        await backend.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="reparam",
+        version="0.1.0",
+        description=(service_doc or "").strip()
+        + "\n\nMutating endpoints need `Authorization: Bearer <token>` when REPARAM_API_TOKEN is set.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or get_settings()
+    app.state.metrics = Metrics()
+    install_handlers(app)
+    for module in (convert, models, predict, health):
+        app.include_router(module.router)
+    s = app.state.settings
+    app.add_middleware(
+        BodySizeLimit,
+        limit_for=lambda path: s.max_upload_bytes if path == "/convert" else s.max_predict_bytes,
+    )
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        return response
+
+    return app

@@ -1,0 +1,21 @@
+"""What every inference backend offers the routes: register versions, predict probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from torch import Tensor
+
+
+class InferenceBackend(Protocol):
+    """``predict``: softmax probabilities ``[N, classes]`` for a preprocessed batch ``[N, C, H, W]``."""
+
+    name: str
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def ready(self) -> bool: ...
+    async def register(self, name: str, version: int, artifacts: Path) -> None: ...
+    async def unregister(self, name: str, version: int) -> None: ...
+    async def predict(self, name: str, version: int, batch: Tensor) -> Tensor: ...

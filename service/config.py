@@ -1,0 +1,56 @@
+"""Settings from the environment (prefix ``REPARAM_``), read once per process behind ``get_settings``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPARAM_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    artifacts_dir: Path | None = Field(default=None, description="default data_dir/artifacts")
+    api_token: str | None = Field(default=None, description="Bearer token required on mutating endpoints")
+    max_upload_bytes: int = 2 << 30
+    max_predict_bytes: int = 16 << 20
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_tolerance: float = 1e-9
+    conversion_workers: int = Field(default=1, ge=1)
+    export_program: bool = True
+
+    backend: Literal["auto", "torchserve", "inprocess"] = "auto"
+    torchserve_url: str | None = Field(default=None, description="external TorchServe inference URL")
+    torchserve_management_url: str | None = None
+    torchserve_model_store: Path | None = Field(default=None, description="default data_dir/model-store")
+    torchserve_inference_port: int = 8080
+    torchserve_management_port: int = 8081
+    torchserve_metrics_port: int = 8082
+    torchserve_start_timeout_s: float = 180.0
+    batch_size: int = Field(default=8, ge=1)
+    max_batch_delay_ms: int = Field(default=5, ge=0)
+    workers_per_model: int = Field(default=1, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'reparam.db').resolve()}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_model_store(self) -> Path:
+        return (self.torchserve_model_store or self.data_dir / "model-store").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

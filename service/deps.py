@@ -1,0 +1,59 @@
+"""FastAPI dependencies: the app's shared objects, typed, and the token check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from .backends.base import InferenceBackend
+from .config import Settings
+from .jobs import Conversions
+from .metrics import Metrics
+from .store import LocalArtifactStore, MetadataStore
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _metadata(request: Request) -> MetadataStore:
+    return request.app.state.metadata  # type: ignore[no-any-return]
+
+
+def _artifacts(request: Request) -> LocalArtifactStore:
+    return request.app.state.artifacts  # type: ignore[no-any-return]
+
+
+def _backend(request: Request) -> InferenceBackend:
+    return request.app.state.backend  # type: ignore[no-any-return]
+
+
+def _conversions(request: Request) -> Conversions:
+    return request.app.state.conversions  # type: ignore[no-any-return]
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+MetadataDep = Annotated[MetadataStore, Depends(_metadata)]
+ArtifactsDep = Annotated[LocalArtifactStore, Depends(_artifacts)]
+BackendDep = Annotated[InferenceBackend, Depends(_backend)]
+ConversionsDep = Annotated[Conversions, Depends(_conversions)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+
+
+def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Mutating endpoints need ``Authorization: Bearer <REPARAM_API_TOKEN>`` when a token is configured."""
+    expected = settings.api_token
+    if not expected:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), expected.encode()):
+        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+TokenDep = Depends(require_token)

@@ -1,0 +1,85 @@
+"""Service errors, and the one place where every domain error becomes an HTTP response.
+
+    ServiceError
+    ├── NotFound             unknown model, version, job or artifact          404
+    ├── PayloadTooLarge      upload past the configured cap                   413
+    ├── UnsupportedMedia     a body type /predict does not take               415
+    ├── BadInput             undecodable image, wrong tensor shape, ...       422
+    └── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
+Library errors: SpecError 422, CheckpointError 400, EquivalenceError 422 (with the report),
+other ReparamError 400. Nothing escapes as a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from reparam_core.errors import CheckpointError, EquivalenceError, ReparamError, SpecError
+
+log = logging.getLogger("reparam.service")
+
+
+class ServiceError(Exception):
+    status = 400
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedMedia(ServiceError):
+    status = 415
+
+
+class BadInput(ServiceError):
+    status = 422
+
+
+class BackendUnavailable(ServiceError):
+    status = 503
+    retry_after_s = 5
+
+
+def _json(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, BackendUnavailable) else None
+        return _json(exc.status, exc.detail, headers, **exc.extra)
+
+    @app.exception_handler(EquivalenceError)
+    async def gate_failed(_: Request, exc: EquivalenceError) -> JSONResponse:
+        report = exc.report.model_dump(mode="json") if exc.report is not None else None
+        return _json(422, str(exc), report=report)
+
+    @app.exception_handler(ReparamError)
+    async def bad_input(_: Request, exc: ReparamError) -> JSONResponse:
+        status = 400 if isinstance(exc, CheckpointError) else 422 if isinstance(exc, SpecError) else 400
+        return _json(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _json(422, problems or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _json(500, f"internal error ({type(exc).__name__}); see the service log")

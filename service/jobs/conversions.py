@@ -1,0 +1,185 @@
+"""Run a conversion (GPU when present) in a worker thread, store it, register it with the backend.
+
+Order matters for "nothing half-written": the artifacts are written atomically first, the version
+row is inserted next, the backend registration last; if registration fails the row and unshared
+artifacts are removed again. A failed gate stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reparam_core.convert import convert
+from reparam_core.errors import EquivalenceError, ReparamError
+from reparam_core.spec import ArchSpec
+
+from ..backends.base import InferenceBackend
+from ..config import Settings
+from ..metrics import Metrics
+from ..store import LocalArtifactStore, MetadataStore, VersionRecord
+
+log = logging.getLogger("reparam.jobs")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A checkpoint streamed to disk by the route, with its sha256."""
+
+    path: Path
+    sha256: str
+    size: int
+    filename: str
+
+
+@dataclass(frozen=True)
+class ConversionOutcome:
+    record: VersionRecord
+    created: bool
+
+
+def spec_digest(spec: ArchSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Conversions:
+    def __init__(
+        self,
+        settings: Settings,
+        metadata: MetadataStore,
+        artifacts: LocalArtifactStore,
+        backend: InferenceBackend,
+        metrics: Metrics,
+    ) -> None:
+        self.settings, self.metadata, self.artifacts = settings, metadata, artifacts
+        self.backend, self.metrics = backend, metrics
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.conversion_workers, thread_name_prefix="convert"
+        )
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, name: str, spec: ArchSpec, upload: Upload, tolerance: float) -> ConversionOutcome:
+        """Convert (or reuse an identical earlier conversion), store, register; raises on bad input."""
+        spec_sha = spec_digest(spec)
+        existing = await asyncio.to_thread(self.metadata.find_duplicate, name, upload.sha256, spec_sha)
+        if existing is not None:
+            return ConversionOutcome(existing, created=False)
+        loop = asyncio.get_running_loop()
+        try:
+            digest, report, timings = await loop.run_in_executor(
+                self.executor, self._convert_and_store, spec, upload, tolerance
+            )
+        except EquivalenceError:
+            self.metrics.conversions.labels("gate_failed").inc()
+            raise
+        except ReparamError:
+            self.metrics.conversions.labels("bad_input").inc()
+            raise
+        record = await asyncio.to_thread(
+            self.metadata.add_version,
+            name,
+            digest,
+            upload.sha256,
+            spec_sha,
+            spec.model_dump(mode="json"),
+            report,
+            timings,
+        )
+        try:
+            await self.backend.register(name, record.version, self.artifacts.local_path(digest))
+        except Exception:
+            await asyncio.to_thread(self._forget, record)
+            self.metrics.conversions.labels("backend_failed").inc()
+            raise
+        self.metrics.conversions.labels("stored").inc()
+        self.metrics.models_registered.inc()
+        return ConversionOutcome(record, created=True)
+
+    def _convert_and_store(
+        self, spec: ArchSpec, checkpoint: Upload, tolerance: float
+    ) -> tuple[str, dict, dict]:
+        result = convert(
+            spec,
+            checkpoint.path,
+            device=self.settings.device,
+            tolerance=tolerance,
+            checkpoint_name=checkpoint.filename,
+        )
+        for stage, seconds in result.timings.items():
+            self.metrics.conversion_duration.labels(stage).observe(seconds)
+        digest = self.artifacts.put(result, export=self.settings.export_program)
+        return digest, result.report.model_dump(mode="json"), result.timings
+
+    def _forget(self, record: VersionRecord) -> None:
+        self.metadata.delete_version(record.name, record.version)
+        if not self.metadata.digest_in_use(record.digest):
+            self.artifacts.delete(record.digest)
+
+    async def delete(self, name: str, version: int) -> VersionRecord | None:
+        record = await asyncio.to_thread(self.metadata.get_version, name, version)
+        if record is None:
+            return None
+        await self.backend.unregister(name, version)
+        await asyncio.to_thread(self._forget, record)
+        self.metrics.models_registered.dec()
+        return record
+
+    def start_job(self, name: str, spec: ArchSpec, upload: Upload, tolerance: float) -> str:
+        """Queue a conversion and return its job id at once (the caller polls ``/jobs/{id}``)."""
+        job = self.metadata.create_job(name)
+
+        async def work() -> None:
+            self.metadata.update_job(job.id, "running")
+            try:
+                outcome = await self.run(name, spec, upload, tolerance)
+                result: dict[str, Any] = {
+                    "model": name,
+                    "version": outcome.record.version,
+                    "digest": outcome.record.digest,
+                    "created": outcome.created,
+                }
+                self.metadata.update_job(job.id, "succeeded", result)
+            except EquivalenceError as exc:
+                report = exc.report.model_dump(mode="json") if exc.report is not None else None
+                self.metadata.update_job(
+                    job.id, "failed", {"status": 422, "detail": str(exc), "report": report}
+                )
+            except ReparamError as exc:
+                self.metadata.update_job(job.id, "failed", {"status": 400, "detail": str(exc)})
+            except Exception as exc:  # recorded for the poller; the service keeps running
+                log.exception("conversion job %s failed", job.id)
+                self.metadata.update_job(
+                    job.id, "failed", {"status": 500, "detail": f"{type(exc).__name__}: {exc}"}
+                )
+            finally:
+                shutil.rmtree(upload.path.parent, ignore_errors=True)
+
+        task = asyncio.get_running_loop().create_task(work())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return job.id
+
+    async def restore(self) -> int:
+        """Register every stored version with the backend (TorchServe keeps no state across restarts)."""
+        records = await asyncio.to_thread(self.metadata.versions)
+        count = 0
+        for record in records:
+            path = self.artifacts.local_path(record.digest)
+            if not path.exists():
+                log.error("artifacts of %s v%d missing at %s", record.name, record.version, path)
+                continue
+            await self.backend.register(record.name, record.version, path)
+            count += 1
+        self.metrics.models_registered.set(count)
+        return count

@@ -1,0 +1,149 @@
+"""POST /convert (synchronous 201/200, or 202 + job URL) and GET /jobs/{id}."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from reparam_core.spec import parse_spec
+
+from ..deps import ConversionsDep, MetadataDep, SettingsDep, TokenDep
+from ..errors import BadInput, NotFound
+from ..jobs import ConversionOutcome, Upload
+from ..store import VersionRecord
+
+router = APIRouter(tags=["convert"])
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+
+
+class ConversionResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "repvgg-a0",
+                    "version": 1,
+                    "created": True,
+                    "digest": "3b1f0c9e5d...e2a",
+                    "report": {"passed": True, "fp64": [{"max_rel_error": 1.1e-15}]},
+                    "timings": {
+                        "read": 0.07,
+                        "build": 0.08,
+                        "fuse": 0.03,
+                        "assemble": 0.01,
+                        "validate": 0.93,
+                    },
+                    "links": {
+                        "self": "/models/repvgg-a0/versions/1",
+                        "predict": "/predict/repvgg-a0?version=1",
+                    },
+                }
+            ]
+        }
+    )
+
+    model: str
+    version: int
+    created: bool
+    digest: str
+    report: dict[str, Any]
+    timings: dict[str, Any]
+    links: dict[str, str]
+
+
+def _response(record: VersionRecord, created: bool) -> ConversionResponse:
+    return ConversionResponse(
+        model=record.name,
+        version=record.version,
+        created=created,
+        digest=record.digest,
+        report=record.report,
+        timings=record.timings,
+        links={
+            "self": f"/models/{record.name}/versions/{record.version}",
+            "predict": f"/predict/{record.name}?version={record.version}",
+        },
+    )
+
+
+def _save(source: IO[bytes], folder: Path, filename: str) -> Upload:
+    digest, size = hashlib.sha256(), 0
+    path = folder / "checkpoint"
+    with path.open("wb") as out:
+        while block := source.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+    return Upload(path, digest.hexdigest(), size, filename)
+
+
+@router.post(
+    "/convert",
+    status_code=201,
+    dependencies=[TokenDep],
+    response_model=ConversionResponse,
+    summary="Convert a training checkpoint, prove equivalence, store and register the deploy model",
+    responses={
+        200: {"description": "the same checkpoint and spec were converted before: that version"},
+        202: {"description": "accepted (`wait=false`): poll the job URL"},
+        400: {"description": "unreadable or mismatching checkpoint"},
+        413: {"description": "upload larger than REPARAM_MAX_UPLOAD_BYTES"},
+        422: {"description": "invalid spec, or the equivalence gate failed (the report is included)"},
+        503: {"description": "inference backend unavailable"},
+    },
+)
+async def convert_checkpoint(
+    checkpoint: Annotated[
+        UploadFile, File(description=".safetensors, .pt/.pth/.tar (read with weights_only)")
+    ],
+    spec: Annotated[
+        str, Form(description='JSON, e.g. {"family": "repvgg", "variant": "A0", "num_classes": 1000}')
+    ],
+    name: Annotated[str, Form(description="model name: letters, digits, '_' and '-'")],
+    conversions: ConversionsDep,
+    settings: SettingsDep,
+    tolerance: Annotated[float | None, Form(gt=0, description="max fp64 relative error")] = None,
+    wait: Annotated[bool, Query(description="false: answer 202 at once with a job URL")] = True,
+) -> Any:
+    if not NAME.match(name):
+        raise BadInput(f"name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter")
+    arch = parse_spec(spec)
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.resolved_artifacts_dir / "tmp"))
+    try:
+        filename = Path(checkpoint.filename or "checkpoint").name
+        upload = await asyncio.to_thread(_save, checkpoint.file, folder, filename)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    limit = tolerance or settings.default_tolerance
+    if not wait:
+        job = conversions.start_job(name, arch, upload, limit)
+        return JSONResponse(
+            {"job": job, "status_url": f"/jobs/{job}"}, status_code=202, headers={"Location": f"/jobs/{job}"}
+        )
+    try:
+        outcome: ConversionOutcome = await conversions.run(name, arch, upload, limit)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    body = _response(outcome.record, outcome.created)
+    return JSONResponse(body.model_dump(), status_code=201 if outcome.created else 200)
+
+
+@router.get("/jobs/{job_id}", summary="Status of an asynchronous conversion")
+async def get_job(job_id: str, metadata: MetadataDep) -> dict[str, Any]:
+    job = await asyncio.to_thread(metadata.get_job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    body: dict[str, Any] = {"job": job.id, "model": job.name, "status": job.status, "result": job.result}
+    if job.status == "succeeded" and job.result:
+        body["links"] = {"version": f"/models/{job.name}/versions/{job.result['version']}"}
+    return body

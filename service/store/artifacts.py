@@ -1,0 +1,64 @@
+"""Artifact folders addressed by the sha256 of their weights, written atomically.
+
+Layout: ``<root>/sha256/<d[:2]>/<digest>/{model.safetensors, deploy_spec.json, report.json, model.pt2}``.
+Identical conversions share one folder. S3-compatible storage would implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from reparam_core.artifacts import WEIGHTS, sha256_file, write_artifacts
+from reparam_core.convert import ConversionResult
+
+from ..config import Settings
+
+FILES = ("model.safetensors", "deploy_spec.json", "report.json", "model.pt2")
+
+
+class ArtifactStore(Protocol):
+    def put(self, result: ConversionResult, export: bool) -> str: ...
+    def local_path(self, digest: str) -> Path: ...
+    def delete(self, digest: str) -> None: ...
+
+
+class LocalArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def local_path(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.root / "sha256" / digest[:2] / digest
+
+    def put(self, result: ConversionResult, export: bool = True) -> str:
+        """Write the artifacts; returns the digest (sha256 of ``model.safetensors``) they live under."""
+        staging = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
+        try:
+            folder = staging / "artifacts"
+            write_artifacts(result, folder, export=export)
+            digest = sha256_file(folder / WEIGHTS)
+            final = self.local_path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.exists():
+                try:
+                    os.replace(folder, final)
+                except OSError:  # a concurrent writer stored the same content first
+                    if not final.exists():
+                        raise
+            return digest
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, digest: str) -> None:
+        shutil.rmtree(self.local_path(digest), ignore_errors=True)
+
+
+def artifact_store_from_settings(settings: Settings) -> LocalArtifactStore:
+    return LocalArtifactStore(settings.resolved_artifacts_dir)

@@ -1,0 +1,1 @@
+"""The TorchServe handler shipped inside every .mar this service builds."""

@@ -1,0 +1,122 @@
+"""POST /convert and /jobs: success, deduplication, every error path, and nothing stored on failure."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.service.conftest import SPEC, convert_form
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    return [p for p in (settings.resolved_artifacts_dir / "sha256").rglob("*") if p.is_file()]
+
+
+def test_convert_creates_version_then_deduplicates(
+    client: TestClient, checkpoint: Path, settings: Settings
+) -> None:
+    first = client.post("/convert", **convert_form(checkpoint))
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["model"] == "tiny" and body["version"] == 1 and body["created"]
+    assert body["report"]["passed"] and len(body["digest"]) == 64 and "fuse" in body["timings"]
+    again = client.post("/convert", **convert_form(checkpoint))
+    assert again.status_code == 200 and again.json()["version"] == 1 and not again.json()["created"]
+    other_spec = {**SPEC, "labels": ["a", "b", "c", "d"]}
+    third = client.post("/convert", **convert_form(checkpoint, spec=other_spec))
+    assert third.status_code == 201 and third.json()["version"] == 2
+    assert third.json()["digest"] == body["digest"]  # same weights: one content-addressed folder
+    assert len({p.parent for p in stored_files(settings)}) == 1
+
+
+def test_gate_failure_is_422_with_report_and_stores_nothing(
+    client: TestClient, checkpoint: Path, settings: Settings
+) -> None:
+    response = client.post("/convert", **convert_form(checkpoint, tolerance="1e-30"))
+    assert response.status_code == 422
+    assert response.json()["report"]["passed"] is False and "gate failed" in response.json()["detail"]
+    assert client.get("/models").json() == [] and stored_files(settings) == []
+
+
+def test_bad_inputs_get_precise_errors(
+    client: TestClient, checkpoint: Path, tmp_path: Path, settings: Settings
+) -> None:
+    bad = client.post("/convert", **convert_form(checkpoint, spec={"family": "repvgg", "variant": "Z9"}))
+    assert bad.status_code == 422 and "unknown repvgg variant 'Z9'" in bad.json()["detail"]
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    bad = client.post("/convert", **convert_form(junk))
+    assert bad.status_code == 400 and bad.json()["detail"].startswith("junk.pt: not a readable checkpoint")
+    assert str(settings.data_dir) not in bad.json()["detail"]  # no server paths in errors
+    wrong = client.post(
+        "/convert", **convert_form(checkpoint, spec={**SPEC, "num_classes": 7, "labels": None})
+    )
+    assert (
+        wrong.status_code == 400
+        and "head.fc.weight: checkpoint (4, 16) vs model (7, 16)" in wrong.json()["detail"]
+    )
+    name = client.post("/convert", **convert_form(checkpoint, name="../etc"))
+    assert name.status_code == 422 and "name '../etc'" in name.json()["detail"]
+    missing = client.post("/convert", data={"name": "x"})
+    assert missing.status_code == 422 and "checkpoint" in missing.json()["detail"]
+    assert client.get("/models").json() == [] and stored_files(settings) == []
+    assert list((settings.resolved_artifacts_dir / "tmp").iterdir()) == []  # uploads cleaned up
+
+
+def test_upload_cap_is_413(settings: Settings, checkpoint: Path) -> None:
+    capped = settings.model_copy(update={"max_upload_bytes": 1000})
+    with TestClient(create_app(capped)) as client:
+        response = client.post("/convert", **convert_form(checkpoint))
+        assert response.status_code == 413 and "larger than 1000 bytes" in response.json()["detail"]
+        assert client.get("/models").json() == []
+
+
+def test_token_required_when_configured(settings: Settings, checkpoint: Path) -> None:
+    secured = settings.model_copy(update={"api_token": "s3cret"})
+    with TestClient(create_app(secured)) as client:
+        assert client.post("/convert", **convert_form(checkpoint)).status_code == 401
+        wrong = client.post("/convert", headers={"Authorization": "Bearer nope"}, **convert_form(checkpoint))
+        assert wrong.status_code == 401
+        ok = client.post("/convert", headers={"Authorization": "Bearer s3cret"}, **convert_form(checkpoint))
+        assert ok.status_code == 201
+        assert client.delete("/models/tiny/versions/1").status_code == 401
+        assert client.get("/models/tiny").status_code == 200  # reads stay open
+
+
+def test_async_conversion_returns_202_and_a_job_to_poll(client: TestClient, checkpoint: Path) -> None:
+    accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
+    assert accepted.status_code == 202 and accepted.headers["Location"] == accepted.json()["status_url"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = client.get(accepted.json()["status_url"]).json()
+        if job["status"] in {"succeeded", "failed"}:
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded" and job["result"]["version"] == 1
+    assert client.get(job["links"]["version"]).status_code == 200
+    assert client.get("/jobs/unknown").status_code == 404
+
+
+def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoint: Path) -> None:
+    accepted = client.post("/convert?wait=false", **convert_form(checkpoint, tolerance="1e-30"))
+    deadline = time.monotonic() + 60
+    while (job := client.get(accepted.json()["status_url"]).json())["status"] not in {"succeeded", "failed"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert (
+        job["status"] == "failed"
+        and job["result"]["status"] == 422
+        and job["result"]["report"]["passed"] is False
+    )
+
+
+def test_long_conversion_does_not_block_other_requests(client: TestClient, checkpoint: Path) -> None:
+    accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
+    started = time.perf_counter()
+    assert client.get("/healthz").status_code == 200
+    assert time.perf_counter() - started < 1.0
+    assert accepted.status_code == 202
