@@ -24,6 +24,8 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(module, (nn.Conv2d, nn.Linear)):  # deterministic; the scale of torch's default init
                 fan_in = module.weight[0].numel()
                 module.weight.copy_(draw(module.weight.shape) / (3 * fan_in) ** 0.5)
+                if module.bias is not None:
+                    module.bias.copy_(draw(module.bias.shape) * 0.1)
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
                 n = module.num_features
                 module.running_mean.copy_(draw(torch.Size([n])) * 0.5)

@@ -47,6 +47,17 @@ def torchserve_executable() -> str | None:
     return str(local) if local.exists() else shutil.which("torchserve")
 
 
+def _group_gone(group: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def write_config(settings: Settings, folder: Path) -> Path:
     store = settings.resolved_model_store
     allowed = "file://" + re.escape(str(store)) + r"/.*\.mar|" + re.escape(str(store)) + r"/.*\.mar"
@@ -90,6 +101,7 @@ class TorchServeProcess:
             raise RuntimeError("Java or the torchserve package is missing")
         tmp = self.home / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / ".model_server.pid").unlink(missing_ok=True)  # left by a crash; the folder is ours alone
         self.settings.resolved_model_store.mkdir(parents=True, exist_ok=True)
         config = write_config(self.settings, self.home)
         env = {
@@ -139,12 +151,18 @@ class TorchServeProcess:
         )
 
     def stop(self) -> None:
+        """Stop the launcher, the JVM and every worker (one process group), then drop the pid file."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)  # the launcher exits once the JVM has; reaping it here
+        if not _group_gone(group, timeout=10):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            _group_gone(group, timeout=10)
         self.process = None
+        (self.home / "tmp" / ".model_server.pid").unlink(missing_ok=True)

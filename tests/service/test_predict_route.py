@@ -1,0 +1,117 @@
+"""/predict with the in-process backend: inputs, outputs equal to the training net, errors, metrics."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from reparam_core.build import build_train_model
+from service.app import create_app
+from service.config import Settings
+from service.errors import BackendUnavailable
+from service.images import image_to_tensor
+from tests.service.conftest import SPEC, convert_form, png_bytes
+from tests.support import randomize_
+
+
+@pytest.fixture()
+def served(client: TestClient, checkpoint: Path) -> TestClient:
+    assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+    return client
+
+
+def training_probabilities(batch: torch.Tensor) -> torch.Tensor:
+    model = randomize_(build_train_model(SPEC), seed=0).eval()  # the checkpoint fixture's weights
+    with torch.no_grad():
+        return torch.softmax(model(batch), dim=1)
+
+
+def test_png_prediction_matches_the_training_model(served: TestClient) -> None:
+    image = png_bytes()
+    response = served.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "tiny" and body["version"] == 1
+    predictions = body["predictions"][0]
+    expected = training_probabilities(image_to_tensor(image, SPEC["preprocess"], 3))[0]
+    assert predictions[0]["index"] == int(expected.argmax())
+    assert predictions[0]["label"] == SPEC["labels"][predictions[0]["index"]]
+    for item in predictions:
+        assert item["probability"] == pytest.approx(float(expected[item["index"]]), abs=1e-5)
+    timing = response.headers["Server-Timing"]
+    assert all(part in timing for part in ("decode;dur=", "backend;dur=", "total;dur="))
+
+
+def test_jpeg_json_and_get_forms(served: TestClient) -> None:
+    jpeg = served.post("/predict/tiny", content=png_bytes(fmt="JPEG"), headers={"Content-Type": "image/jpeg"})
+    assert jpeg.status_code == 200 and len(jpeg.json()["predictions"][0]) == 4
+    encoded = base64.urlsafe_b64encode(png_bytes(seed=3)).decode().rstrip("=")
+    get = served.get(f"/predict/tiny?image={encoded}&top_k=2&version=1")
+    assert get.status_code == 200 and len(get.json()["predictions"][0]) == 2
+    batch = torch.randn(3, 3, 32, 32)
+    posted = served.post("/predict/tiny", json={"inputs": batch.tolist(), "top_k": 1})
+    assert posted.status_code == 200 and len(posted.json()["predictions"]) == 3
+    expected = training_probabilities(batch).argmax(1).tolist()
+    assert [p[0]["index"] for p in posted.json()["predictions"]] == expected
+
+
+def test_error_paths(served: TestClient) -> None:
+    assert (
+        served.post("/predict/nope", content=png_bytes(), headers={"Content-Type": "image/png"}).status_code
+        == 404
+    )
+    assert served.get(f"/predict/tiny?version=9&image={'A' * 8}").status_code == 404
+    bad = served.post("/predict/tiny", content=b"\x89PNG garbage", headers={"Content-Type": "image/png"})
+    assert bad.status_code == 422 and "cannot decode" in bad.json()["detail"]
+    media = served.post("/predict/tiny", content=b"GIF89a", headers={"Content-Type": "image/gif"})
+    assert media.status_code == 415
+    shape = served.post("/predict/tiny", json={"inputs": [[1.0, 2.0]]})
+    assert shape.status_code == 422 and "C=3" in shape.json()["detail"]
+    rows = ", ".join(["[" + ", ".join(["NaN"] * 8) + "]"] * 8)
+    nan_body = ('{"inputs": [' + ", ".join([f"[{rows}]"] * 3) + "]}").encode()
+    nan = served.post("/predict/tiny", content=nan_body, headers={"Content-Type": "application/json"})
+    assert nan.status_code == 422
+    assert served.post("/predict/tiny", json={"inputs": []}).status_code == 422
+    assert (
+        served.post("/predict/tiny", content=b"{", headers={"Content-Type": "application/json"}).status_code
+        == 422
+    )
+    assert served.get("/predict/tiny?image=!!!").status_code == 422
+    assert served.get(f"/predict/tiny?image={'A' * 8}&top_k=0").status_code == 422
+
+
+def test_backend_down_is_503_with_retry_after(served: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def down(*args: object) -> torch.Tensor:
+        raise BackendUnavailable("TorchServe unreachable")
+
+    monkeypatch.setattr(served.app.state.backend, "predict", down)
+    response = served.post("/predict/tiny", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+
+
+def test_metrics_have_latency_histograms(served: TestClient) -> None:
+    for _ in range(3):
+        served.post("/predict/tiny", content=png_bytes(), headers={"Content-Type": "image/png"})
+    text = served.get("/metrics").text
+    assert 'reparam_predict_latency_seconds_count{model="tiny",version="1"} 3.0' in text
+    assert 'reparam_predict_backend_latency_seconds_bucket{le="0.5",model="tiny",version="1"}' in text
+    assert 'reparam_conversion_stage_seconds_count{stage="fuse"} 1.0' in text
+    assert 'reparam_http_requests_total{method="POST",route="/predict/{name}",status="200"} 3.0' in text
+    assert "reparam_model_versions_registered 1.0" in text
+
+
+def test_health_and_readiness(served: TestClient) -> None:
+    assert served.get("/healthz").json() == {"status": "ok"}
+    assert served.get("/readyz").json() == {"store": True, "backend": "inprocess"}
+
+
+def test_restart_registers_stored_versions_again(settings: Settings, checkpoint: Path) -> None:
+    with TestClient(create_app(settings)) as first:
+        assert first.post("/convert", **convert_form(checkpoint)).status_code == 201
+    with TestClient(create_app(settings)) as second:
+        response = second.post("/predict/tiny", content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert response.status_code == 200 and response.json()["version"] == 1

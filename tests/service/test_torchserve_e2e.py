@@ -1,0 +1,105 @@
+"""End to end against a real TorchServe (Java 17 in CI): convert, predict (GET and POST), metrics, restart."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from reparam_core.build import build_train_model
+from service.app import create_app
+from service.backends.torchserve_process import find_java_home, torchserve_executable
+from service.config import Settings
+from service.images import image_to_tensor
+from tests.service.conftest import convert_form, png_bytes
+from tests.support import randomize_
+
+pytestmark = pytest.mark.skipif(
+    find_java_home() is None or torchserve_executable() is None,
+    reason="needs Java and the torchserve package",
+)
+SPEC = {"family": "repvgg", "variant": "A0", "num_classes": 10, "labels": [f"class-{i}" for i in range(10)]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        backend="torchserve",
+        device="cpu",
+        export_program=False,
+        torchserve_inference_port=free_port(),
+        torchserve_management_port=free_port(),
+        torchserve_metrics_port=free_port(),
+        batch_size=4,
+        max_batch_delay_ms=20,
+    )
+
+
+def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> None:
+    model = randomize_(build_train_model(SPEC), seed=11).eval()
+    checkpoint = tmp_path / "a0.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    image = png_bytes(300, 260, seed=4)
+    small = png_bytes(64, 48, seed=5)  # GET carries the image in the URL: keep it small
+
+    def check(body: dict, sent: bytes) -> None:
+        # Reference: the training net in float64. The served fp32 deploy net and the fp32 training net
+        # both sit within fp32 rounding of it (a random net amplifies rounding to ~1e-5 in probabilities).
+        with torch.no_grad():
+            x = image_to_tensor(sent, {"resize": 256, "crop": 224}, 3).double()
+            expected = torch.softmax(model.double()(x), dim=1)[0]
+            fp32_error = (torch.softmax(model.float()(x.float()), dim=1)[0] - expected).abs().max().item()
+        top = body["predictions"][0]
+        assert top[0]["index"] == int(expected.argmax()) and top[0]["label"] == f"class-{top[0]['index']}"
+        for item in top:
+            assert item["probability"] == pytest.approx(
+                float(expected[item["index"]]), abs=max(1e-5, 10 * fp32_error)
+            )
+
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").json() == {"store": True, "backend": "torchserve"}
+        converted = client.post("/convert", **convert_form(checkpoint, name="a0", spec=SPEC))
+        assert converted.status_code == 201, converted.text
+        posted = client.post("/predict/a0?top_k=5", content=image, headers={"Content-Type": "image/png"})
+        assert posted.status_code == 200, posted.text
+        check(posted.json(), image)
+        encoded = base64.urlsafe_b64encode(small).decode().rstrip("=")
+        got = client.get(f"/predict/a0?image={encoded}&top_k=5")
+        assert got.status_code == 200
+        check(got.json(), small)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent requests meet TorchServe batching
+            answers = list(
+                pool.map(
+                    lambda _: client.post(
+                        "/predict/a0", content=image, headers={"Content-Type": "image/png"}
+                    ),
+                    range(16),
+                )
+            )
+        assert all(a.status_code == 200 for a in answers)
+        check(answers[-1].json(), image)
+        metrics = client.get("/metrics").text
+        assert 'reparam_predict_latency_seconds_count{model="a0",version="1"} 18.0' in metrics
+        assert 'reparam_predict_backend_latency_seconds_count{model="a0",version="1"} 18.0' in metrics
+
+    with TestClient(
+        create_app(settings)
+    ) as restarted:  # a fresh TorchServe: versions re-registered from the store
+        again = restarted.post("/predict/a0", content=image, headers={"Content-Type": "image/png"})
+        assert again.status_code == 200
+        check(again.json(), image)
+        assert restarted.delete("/models/a0/versions/1").status_code == 204
+        gone = restarted.post("/predict/a0", content=image, headers={"Content-Type": "image/png"})
+        assert gone.status_code == 404

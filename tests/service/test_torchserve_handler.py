@@ -1,0 +1,36 @@
+"""The .mar handler, unit-tested with a fake TorchServe context (no Java needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from reparam_core.artifacts import write_artifacts
+from reparam_core.build import build_train_model
+from reparam_core.convert import convert
+from service.backends.wire import pack, unpack
+from service.torchserve_handler.handler import ReparamHandler
+from tests.service.conftest import SPEC
+from tests.support import randomize_
+
+
+class FakeContext:
+    def __init__(self, model_dir: Path) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+
+
+def test_batched_requests_get_their_own_rows_in_order(tmp_path: Path) -> None:
+    result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())
+    write_artifacts(result, tmp_path / "model", export=False)
+    handler = ReparamHandler()
+    handler.initialize(FakeContext(tmp_path / "model"))
+    first, second = torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    requests = [{"body": pack(first)}, {"data": bytearray(pack(second))}]
+    outputs = handler.postprocess(handler.inference(handler.preprocess(requests)))
+    assert len(outputs) == 2
+    with torch.no_grad():
+        expected = torch.softmax(result.deploy_model(torch.cat([first, second])), dim=1)
+    got = torch.cat([unpack(o) for o in outputs])
+    assert [unpack(o).shape[0] for o in outputs] == [2, 3]
+    assert torch.allclose(got, expected, atol=1e-6)
