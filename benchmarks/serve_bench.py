@@ -1,0 +1,202 @@
+"""/predict latency and throughput through TorchServe vs the in-process backend, plus the model alone.
+
+Starts `reparam serve` as a subprocess per backend (fresh data folder, free ports), converts a
+RepVGG-A0 checkpoint (random weights, realistic BN statistics), then sends PNG images (224x224
+after preprocessing) at 1, 8 and 32 concurrent clients. Client-side latency p50/p95/p99 and
+throughput are reported, with the service's own Server-Timing split (backend part vs overhead).
+The in-process baseline calls the fp32 deploy net directly at the same batch sizes.
+
+Usage: python benchmarks/serve_bench.py [--requests 200] [--concurrency 1 8 32]
+                                        [--backends torchserve inprocess]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from _common import environment, write_json
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {"family": "repvgg", "variant": "A0", "num_classes": 1000}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def image() -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": pick(0.5) * 1e3, "p95_ms": pick(0.95) * 1e3, "p99_ms": pick(0.99) * 1e3}
+
+
+def server_timing(header: str) -> dict[str, float]:
+    parts = (p.strip().split(";dur=") for p in header.split(","))
+    return {name: float(value) for name, value in parts}
+
+
+async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    backend_ms: list[float] = []
+    overhead_ms: list[float] = []
+    queue = list(range(requests))
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                start = time.perf_counter()
+                response = await client.post(url, content=body, headers={"Content-Type": "image/png"})
+                latencies.append(time.perf_counter() - start)
+                response.raise_for_status()
+                timing = server_timing(response.headers["Server-Timing"])
+                backend_ms.append(timing["backend"])
+                overhead_ms.append(timing["total"] - timing["backend"])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "throughput_rps": requests / elapsed,
+        **percentiles(latencies),
+        "server_backend_p50_ms": statistics.median(backend_ms),
+        "server_overhead_p50_ms": statistics.median(overhead_ms),
+    }
+
+
+def start_server(backend: str, data: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "REPARAM_DATA_DIR": str(data),
+        "REPARAM_BACKEND": backend,
+        "REPARAM_PORT": str(port),
+        "REPARAM_EXPORT_PROGRAM": "false",
+        "REPARAM_DEVICE": "cpu",
+        "REPARAM_TORCHSERVE_INFERENCE_PORT": str(free_port()),
+        "REPARAM_TORCHSERVE_MANAGEMENT_PORT": str(free_port()),
+        "REPARAM_TORCHSERVE_METRICS_PORT": str(free_port()),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.main"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"{backend} service did not become ready")
+
+
+def model_alone(checkpoint: Path, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    from reparam_core.convert import convert
+
+    model = convert(SPEC, checkpoint, validate=False).deploy_model
+    rows = []
+    with torch.inference_mode():
+        for batch in batch_sizes:
+            x = torch.randn(batch, 3, 224, 224)
+            model(x)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+            rows.append(
+                {
+                    "batch": batch,
+                    "p50_ms": statistics.median(times) * 1e3,
+                    "images_per_s": batch / statistics.median(times),
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--backends", nargs="+", default=["torchserve", "inprocess"])
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from reparam_core.build import build_train_model
+    from tests.support import randomize_
+
+    body = image()
+    results: dict[str, Any] = {"environment": environment(), "spec": SPEC, "backends": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "a0.pth"
+        torch.save(randomize_(build_train_model(SPEC)).eval().state_dict(), checkpoint)
+        for backend in args.backends:
+            port = free_port()
+            server = start_server(backend, Path(tmp) / backend, port)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                with checkpoint.open("rb") as handle:
+                    files = {"checkpoint": ("a0.pth", handle)}
+                    response = httpx.post(
+                        f"{base}/convert",
+                        files=files,
+                        data={"spec": json.dumps(SPEC), "name": "a0"},
+                        timeout=600,
+                    )
+                response.raise_for_status()
+                url = f"{base}/predict/a0"
+                asyncio.run(load(url, body, 20, 4))  # warm-up
+                rows = [asyncio.run(load(url, body, args.requests, c)) for c in args.concurrency]
+                results["backends"][backend] = rows
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+        results["model_alone"] = model_alone(checkpoint, [1, 8, 32], 20)
+    path = write_json("serve_bench_cpu.json", results)
+    print(f"/predict, RepVGG-A0, PNG -> 224x224, {args.requests} requests per row ({path.name})")
+    columns = ("backend", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "overhead p50 ms")
+    print("{:11} {:>7} {:>8} {:>8} {:>8} {:>7} {:>16}".format(*columns))
+    for backend, rows in results["backends"].items():
+        for r in rows:
+            values = (r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"], r["server_overhead_p50_ms"])
+            print(
+                "{:11} {:7d} {:8.1f} {:8.1f} {:8.1f} {:7.1f} {:16.2f}".format(
+                    backend, r["concurrency"], *values
+                )
+            )
+    for r in results["model_alone"]:
+        print(f"model alone batch {r['batch']:3d}: {r['p50_ms']:.1f} ms, {r['images_per_s']:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
