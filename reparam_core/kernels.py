@@ -130,8 +130,8 @@ def avg_pool_kernel(channels: int, groups: int, kernel_size: int, *, like: Tenso
 def merge_sequential(first: KernelBias, second: KernelBias, groups: int) -> KernelBias:
     """Compose conv ``first`` followed by conv ``second`` into one kernel (DBB transform III).
 
-    The classic case is 1x1 -> kxk; any ``ka x ka`` then ``kb x kb`` composes to
-    ``(ka+kb-1)`` square. Both convs share ``groups``. The result equals the sequence exactly on
+    The classic case is 1x1 -> kxk; any ``ha x wa`` then ``hb x wb`` (stride 1, dense) composes to
+    ``(ha+hb-1) x (wa+wb-1)``. Both convs share ``groups``. The result equals the sequence exactly on
     the interior; at the borders only when the intermediate map is padded with the value the first
     stage produces for a zero input (``first``'s bias), as DBB's BN-then-pad does.
     """
@@ -140,17 +140,28 @@ def merge_sequential(first: KernelBias, second: KernelBias, groups: int) -> Kern
     mid, in_per_group = k1.shape[0], k1.shape[1]
     if k2.shape[1] * groups != mid:
         raise ValueError(f"second kernel expects {k2.shape[1] * groups} input channels, first produces {mid}")
-    ka = k1.shape[-1]
-    kb = k2.shape[-1]
+    ha, wa = k1.shape[-2:]
+    hb, wb = k2.shape[-2:]
     # Full convolution of the two kernels, per group: batch = inputs of a group, channels = mids.
-    grouped = k1.reshape(groups, mid // groups, in_per_group, ka, ka)
-    stacked = grouped.permute(2, 0, 1, 3, 4).reshape(in_per_group, mid, ka, ka)
-    composed = F.conv2d(stacked, k2.flip(-2, -1), padding=kb - 1, groups=groups)
+    grouped = k1.reshape(groups, mid // groups, in_per_group, ha, wa)
+    stacked = grouped.permute(2, 0, 1, 3, 4).reshape(in_per_group, mid, ha, wa)
+    composed = F.conv2d(stacked, k2.flip(-2, -1), padding=(hb - 1, wb - 1), groups=groups)
     kernel = composed.transpose(0, 1).contiguous()
     out = k2.shape[0]
     tap_sums = k2.sum(dim=(2, 3)).reshape(groups, out // groups, mid // groups)
     pushed = torch.einsum("gom,gm->go", tap_sums, b1.reshape(groups, mid // groups)).reshape(out)
     return kernel, b2 + pushed
+
+
+def dilate(kernel: Tensor, dilation: tuple[int, int]) -> Tensor:
+    """The dense kernel of a dilated one: taps ``dilation`` apart with zeros between (exact)."""
+    dh, dw = dilation
+    if (dh, dw) == (1, 1):
+        return kernel
+    kh, kw = kernel.shape[-2:]
+    dense = kernel.new_zeros((*kernel.shape[:2], (kh - 1) * dh + 1, (kw - 1) * dw + 1))
+    dense[..., ::dh, ::dw] = kernel
+    return dense
 
 
 def concat_depth(*branches: KernelBias) -> KernelBias:

@@ -154,3 +154,20 @@ def test_transforms_preserve_dtype(dtype: torch.dtype) -> None:
         *kernels.merge_sequential((k, b), (k, b), 1),
     ]
     assert all(t.dtype == dtype for t in outs)
+
+
+def test_merge_sequential_rectangular_kernels() -> None:
+    k1, b1 = torch.randn(4, 3, 1, 3), torch.randn(4)
+    k2, b2 = torch.randn(5, 4, 3, 1), torch.randn(5)
+    x = torch.randn(1, 3, 9, 11)
+    k, b = kernels.merge_sequential((k1, b1), (k2, b2), 1)
+    assert k.shape == (5, 3, 3, 3)
+    assert rel_err(F.conv2d(x, k, b), F.conv2d(F.conv2d(x, k1, b1), k2, b2)) < 1e-13
+
+
+def test_dilate_equals_dilated_conv() -> None:
+    k = torch.randn(4, 2, 3, 3)
+    x = torch.randn(1, 2, 13, 12)
+    dense = kernels.dilate(k, (2, 3))
+    assert dense.shape == (4, 2, 5, 7)
+    assert rel_err(F.conv2d(x, dense, padding=(2, 3)), F.conv2d(x, k, padding=(2, 3), dilation=(2, 3))) < 1e-14
