@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +44,24 @@ def sha256_file(path: Path) -> str:
 
 def write_artifacts(result: ConversionResult, out_dir: str | Path, *, export: bool = True) -> dict[str, str]:
     """Write the artifacts of ``result`` to ``out_dir`` (replacing it whole); returns sha256 per file."""
+    with staged_folder(out_dir) as staging:
+        save_file(result.state_dict(), str(staging / WEIGHTS), metadata={"format": "pt"})
+        (staging / SPEC).write_text(result.deploy_spec.model_dump_json(indent=2))
+        if export:
+            h, w = _input_size(result.deploy_spec)
+            export_program(result.deploy_model, (2, result.deploy_spec.in_channels, h, w), staging / PROGRAM)
+        report = {"report": result.report.model_dump(mode="json"), "timings": result.timings}
+        return finish_with_report(staging, report)
+
+
+@contextmanager
+def staged_folder(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary sibling of ``out_dir`` that replaces it in one rename on success, or vanishes."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file(result.state_dict(), str(staging / WEIGHTS), metadata={"format": "pt"})
-        (staging / SPEC).write_text(result.deploy_spec.model_dump_json(indent=2))
-        if export:
-            export_program(result.deploy_model, result.deploy_spec, staging / PROGRAM)
-        digests = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
-        report = {
-            "report": result.report.model_dump(mode="json"),
-            "timings": result.timings,
-            "sha256": digests,
-        }
-        (staging / REPORT).write_text(json.dumps(report, indent=2))
-        digests[REPORT] = sha256_file(staging / REPORT)
+        yield staging
         for item in staging.iterdir():
             item.chmod(0o644)
         staging.chmod(0o755)
@@ -65,6 +69,13 @@ def write_artifacts(result: ConversionResult, out_dir: str | Path, *, export: bo
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def finish_with_report(staging: Path, report: dict[str, Any]) -> dict[str, str]:
+    """Write ``report.json`` (with the sha256 of every other file) and return all digests."""
+    digests = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+    (staging / REPORT).write_text(json.dumps({**report, "sha256": digests}, indent=2))
+    digests[REPORT] = sha256_file(staging / REPORT)
     return digests
 
 
@@ -79,10 +90,10 @@ def _replace_dir(staging: Path, out: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def export_program(model: PlainNet, spec: DeploySpec, path: Path) -> None:
-    """``torch.export`` the deploy net (dynamic batch), save it, reload it and check it reproduces the net."""
-    h, w = _input_size(spec)
-    example = random_input((2, spec.in_channels, h, w)).to(next(model.parameters()).dtype)
+def export_program(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """``torch.export`` a deploy net (dynamic batch), save it, reload it and check it reproduces the net."""
+    # Batch 2 in the example: torch.export specialises a size-1 dimension, even one marked dynamic.
+    example = random_input((2, *input_shape[1:])).to(next(model.parameters()).dtype)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))

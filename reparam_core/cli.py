@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, type=Path)
     _conversion_options(batch)
     batch.set_defaults(run=_cmd_convert_dir)
+
+    graph = sub.add_parser(
+        "fuse-graph", help="fuse any traceable model of yours by graph analysis (runs your factory code)"
+    )
+    graph.add_argument("--factory", required=True, help="package.module:function returning the nn.Module")
+    graph.add_argument("--checkpoint", required=True, type=Path)
+    graph.add_argument("--input-shape", required=True, help="N,C,H,W used to trace and to validate")
+    graph.add_argument("--out", required=True, type=Path)
+    graph.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    graph.add_argument("--tolerance", type=float, default=1e-9)
+    graph.add_argument("--no-export", action="store_true")
+    graph.add_argument("--json", action="store_true")
+    graph.set_defaults(run=_cmd_fuse_graph)
 
     serve = sub.add_parser(
         "serve", help="start the HTTP service (and a managed TorchServe when Java is present)"
@@ -166,6 +180,40 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
             f"{sum(item['timings'].values()):.2f}",
         )
     out.print(table)
+
+
+def _cmd_fuse_graph(args: argparse.Namespace) -> int:
+    from .graph.pipeline import fuse_checkpoint, load_factory, write_graph_artifacts
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        raise ReparamError(f"--input-shape {args.input_shape!r}: expected N,C,H,W integers") from None
+    with err.status("fusing the graph"):
+        result = fuse_checkpoint(
+            load_factory(args.factory), args.checkpoint, shape, device=args.device, tolerance=args.tolerance
+        )
+        digests = write_graph_artifacts(result, args.out, export=not args.no_export)
+    summary = {
+        "out": str(args.out),
+        "fusion": result.fusion.model_dump(mode="json"),
+        "equivalence": [r.model_dump(mode="json") for r in result.equivalence],
+        "sha256": digests,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    report = result.fusion
+    out.print(
+        f"convs {report.convs_before} -> {report.convs_after}, parameters {report.params_before:,} -> "
+        f"{report.params_after:,}, {len(report.regions)} regions, max fp64 relative error "
+        f"{max(r.max_rel_error for r in result.equivalence):.2e}; artifacts in {args.out}"
+    )
+    counts = Counter(f"{item.op} ({item.reason})" for item in report.unmerged)
+    if counts:
+        listing = ", ".join(f"{n} x {what}" for what, n in counts.most_common())
+        out.print(f"  left as they are: {listing}; details in report.json", highlight=False)
+    return EXIT_OK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

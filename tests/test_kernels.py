@@ -170,4 +170,6 @@ def test_dilate_equals_dilated_conv() -> None:
     x = torch.randn(1, 2, 13, 12)
     dense = kernels.dilate(k, (2, 3))
     assert dense.shape == (4, 2, 5, 7)
-    assert rel_err(F.conv2d(x, dense, padding=(2, 3)), F.conv2d(x, k, padding=(2, 3), dilation=(2, 3))) < 1e-14
+    assert (
+        rel_err(F.conv2d(x, dense, padding=(2, 3)), F.conv2d(x, k, padding=(2, 3), dilation=(2, 3))) < 1e-14
+    )

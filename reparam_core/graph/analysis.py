@@ -476,8 +476,11 @@ def _fetch(gm: fx.GraphModule, target: str) -> Any:
 def analyse(gm: fx.GraphModule) -> Analysis:
     """Run the walk to a fixed point: materialising a value can change what its consumers merge."""
     materialised: set[fx.Node] = set()
+    refusals: dict[str, Refusal] = {}  # a refusal that materialised a value stays in the report
     while True:
         result = _Walker(gm, materialised).run()
+        refusals.update((r.node, r) for r in result.refusals)
         if result.materialise == materialised:
+            result.refusals = list(refusals.values())
             return result
         materialised = result.materialise

@@ -102,10 +102,13 @@ def _rewrite(
 ) -> list[GraphRegion]:
     regions = []
     graph = gm.graph
+    replaced: dict[fx.Node, fx.Node] = {}  # a materialised value -> the node that now computes it
     for index, node in enumerate(n for n in list(graph.nodes) if n in analysis.materialise):
         merged = analysis.maps[node]
+        source = replaced.get(merged.source, merged.source)  # type: ignore[call-overload]
         if merged.is_identity:
-            node.replace_all_uses_with(merged.source)  # type: ignore[arg-type]
+            node.replace_all_uses_with(source)
+            replaced[node] = source
             continue
         if merged.convs == 0 and merged.ops <= 1 and _is_plain_conv(gm, node):
             continue
@@ -113,8 +116,9 @@ def _rewrite(
         name = f"fused_{index}"
         gm.add_submodule(name, conv)
         with graph.inserting_after(node):
-            replacement = graph.call_module(name, (merged.source,))
+            replacement = graph.call_module(name, (source,))
         node.replace_all_uses_with(replacement)
+        replaced[node] = replacement
         regions.append(
             GraphRegion(
                 output=node.name,
