@@ -135,12 +135,15 @@ class Conversions:
         self.metrics.models_registered.dec()
         return record
 
-    def start_job(self, name: str, spec: ArchSpec, upload: Upload, tolerance: float) -> str:
+    async def start_job(self, name: str, spec: ArchSpec, upload: Upload, tolerance: float) -> str:
         """Queue a conversion and return its job id at once (the caller polls ``/jobs/{id}``)."""
-        job = self.metadata.create_job(name)
+        job = await asyncio.to_thread(self.metadata.create_job, name)
+
+        async def record(status: str, result: dict[str, Any] | None = None) -> None:
+            await asyncio.to_thread(self.metadata.update_job, job.id, status, result)
 
         async def work() -> None:
-            self.metadata.update_job(job.id, "running")
+            await record("running")
             try:
                 outcome = await self.run(name, spec, upload, tolerance)
                 result: dict[str, Any] = {
@@ -149,19 +152,15 @@ class Conversions:
                     "digest": outcome.record.digest,
                     "created": outcome.created,
                 }
-                self.metadata.update_job(job.id, "succeeded", result)
+                await record("succeeded", result)
             except EquivalenceError as exc:
                 report = exc.report.model_dump(mode="json") if exc.report is not None else None
-                self.metadata.update_job(
-                    job.id, "failed", {"status": 422, "detail": str(exc), "report": report}
-                )
+                await record("failed", {"status": 422, "detail": str(exc), "report": report})
             except ReparamError as exc:
-                self.metadata.update_job(job.id, "failed", {"status": 400, "detail": str(exc)})
+                await record("failed", {"status": 400, "detail": str(exc)})
             except Exception as exc:  # recorded for the poller; the service keeps running
                 log.exception("conversion job %s failed", job.id)
-                self.metadata.update_job(
-                    job.id, "failed", {"status": 500, "detail": f"{type(exc).__name__}: {exc}"}
-                )
+                await record("failed", {"status": 500, "detail": f"{type(exc).__name__}: {exc}"})
             finally:
                 shutil.rmtree(upload.path.parent, ignore_errors=True)
 

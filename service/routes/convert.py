@@ -126,7 +126,7 @@ async def convert_checkpoint(
         raise
     limit = tolerance or settings.default_tolerance
     if not wait:
-        job = conversions.start_job(name, arch, upload, limit)
+        job = await conversions.start_job(name, arch, upload, limit)
         return JSONResponse(
             {"job": job, "status_url": f"/jobs/{job}"}, status_code=202, headers={"Location": f"/jobs/{job}"}
         )
