@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from . import presets
@@ -50,7 +52,11 @@ def _stem_has_se(spec: ArchSpec) -> bool:
 def block_layout(spec: ArchSpec) -> tuple[BlockSpec, list[list[BlockSpec]]]:
     """Every block of the net as a :class:`BlockSpec`, stage by stage."""
     stem_spec, stage_specs = expand_stages(spec)
-    common = {"padding_mode": spec.padding_mode, "activation": spec.activation, "bn_eps": spec.bn_eps}
+    common: dict[str, Any] = {
+        "padding_mode": spec.padding_mode,
+        "activation": spec.activation,
+        "bn_eps": spec.bn_eps,
+    }
     family = spec.block_family
 
     def se_for(width: int, options: SEOptions | None) -> SESpec | None:

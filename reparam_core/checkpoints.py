@@ -96,7 +96,7 @@ def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(source)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise CheckpointError(f"{name}: corrupt or truncated torch checkpoint ({exc})") from None
-    placeholders = [_placeholder(qualified) for qualified in unsafe]
+    placeholders: list[Any] = [_placeholder(qualified) for qualified in unsafe]
     mmap = isinstance(source, Path)
     try:
         with torch.serialization.safe_globals(placeholders):

@@ -108,7 +108,7 @@ def convert(
         arch = parse_spec(spec)
     with timer.stage("read"):
         if isinstance(checkpoint, dict):
-            state, notes = dict(checkpoint), []
+            state, notes = dict(checkpoint), list[str]()
         else:
             state, notes = read_checkpoint(checkpoint, checkpoint_name)
         check_values(state)

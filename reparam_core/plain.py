@@ -7,7 +7,7 @@ and ``load_state_dict`` the fused weights without the training model or its code
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
@@ -151,7 +151,7 @@ class StagedNet(nn.Module):
             in_channels=spec_of("stem", self.stem).in_channels,
             stem=spec_of("stem", self.stem),
             stages=[
-                [spec_of(f"stages.{s}.{i}", block) for i, block in enumerate(stage)]
+                [spec_of(f"stages.{s}.{i}", block) for i, block in enumerate(cast(nn.Sequential, stage))]
                 for s, stage in enumerate(self.stages)
             ],
             head=self.head.spec if self.head is not None else None,

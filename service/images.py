@@ -27,7 +27,7 @@ def decode_base64_image(text: str) -> bytes:
 def image_to_tensor(data: bytes, preprocess: dict[str, Any], in_channels: int) -> Tensor:
     """Decode PNG/JPEG, resize the shorter side, centre-crop, scale to [0, 1], normalise: ``[1, C, S, S]``."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_PIXELS:
             raise BadInput(f"image of {image.width}x{image.height} pixels is too large")
         image = image.convert("RGB" if in_channels == 3 else "L")

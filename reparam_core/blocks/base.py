@@ -9,7 +9,7 @@ after, in both forms.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import ConversionError, SpecError
 from ..kernels import KernelBias
 from ..layers import SESpec, SqueezeExcite, apply_epilogue, make_activation
-from ..plain import ConvLayerSpec, FusedConv
+from ..plain import ConvLayerSpec, FusedConv, PaddingMode
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ALL_ROWS = slice(None)
@@ -55,7 +55,7 @@ class ReparamBlock(nn.Module, ABC):
         self.stride = stride
         self.dilation = dilation
         self.groups = groups
-        self.padding_mode = padding_mode
+        self.padding_mode = cast(PaddingMode, padding_mode)  # validated above
         self.padding = dilation * (kernel_size - 1) // 2
         self.activation = activation
         self.se_spec = se
@@ -107,7 +107,7 @@ class ReparamBlock(nn.Module, ABC):
             padding=self.padding,
             dilation=self.dilation,
             groups=self.groups,
-            padding_mode=self.padding_mode,  # type: ignore[arg-type]
+            padding_mode=self.padding_mode,
             activation=self.activation,
             se=self.se_spec,
         )

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import KernelBias, add_centred_, add_identity_, bn_scale_shift, fold_bn, identity_kernel
+from ..plain import PaddingMode
 from .base import ALL_ROWS
 
 
@@ -40,7 +41,7 @@ class ConvBN(nn.Module):
         padding: int | tuple[int, int] = 0,
         dilation: int = 1,
         groups: int = 1,
-        padding_mode: str = "zeros",
+        padding_mode: PaddingMode = "zeros",
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
@@ -71,7 +72,7 @@ class BNAndPad(nn.Module):
     the per-pixel affine map, so they pad the BN output with the same mode.
     """
 
-    def __init__(self, num_features: int, pad: int, padding_mode: str = "zeros") -> None:
+    def __init__(self, num_features: int, pad: int, padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(num_features)
         self.pad = pad

@@ -6,6 +6,8 @@ kernel is exact at the borders too. Average pooling has no dilated form, so dila
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -69,7 +71,7 @@ class DiverseBranchBlock(ReparamBlock):
 
     def _seq_conv1_kernel(self) -> Tensor:
         conv1 = self.seq_conv1
-        return conv1.kernel() if isinstance(conv1, IdentityConv1x1) else conv1.weight
+        return conv1.kernel() if isinstance(conv1, IdentityConv1x1) else cast(Tensor, conv1.weight)
 
     def equivalent_kernel_bias(self) -> KernelBias:
         k, g = self.kernel_size, self.groups

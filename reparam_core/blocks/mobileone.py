@@ -3,6 +3,8 @@ branch and a BN skip, summed. MobileOne nets pair a depthwise kxk block with a p
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from ..errors import SpecError
@@ -38,7 +40,10 @@ class MobileOneBlock(ReparamBlock):
         self.identity = nn.BatchNorm2d(out_channels) if use_identity and self.has_identity else None
 
     def linear_forward(self, x: Tensor) -> Tensor:
-        return parallel_forward(x, list(self.conv_kxk), self.conv_scale, self.identity)
+        return parallel_forward(x, self._branches(), self.conv_scale, self.identity)
 
     def kernel_bias_rows(self, rows: slice) -> KernelBias:
-        return parallel_kernel_bias(list(self.conv_kxk), self.conv_scale, self.identity, rows)
+        return parallel_kernel_bias(self._branches(), self.conv_scale, self.identity, rows)
+
+    def _branches(self) -> list[ConvBN]:
+        return [cast(ConvBN, branch) for branch in self.conv_kxk]

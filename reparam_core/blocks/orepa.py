@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,7 @@ class OREPAKernel(nn.Module):
         k = self.k
         w = self.weight_orepa_origin
         avg = self.weight_orepa_avg_conv * w.new_ones((k, k)) / (k * k)
-        prior = self.weight_orepa_pfir_conv * self.weight_orepa_prior[:, None]
+        prior = self.weight_orepa_pfir_conv * cast(Tensor, self.weight_orepa_prior)[:, None]
         branches = (
             w,
             avg,

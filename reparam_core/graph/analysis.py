@@ -233,7 +233,8 @@ class _Walker:
             mode = {"ReflectionPad2d": "reflect", "ReplicationPad2d": "replicate"}.get(
                 type(module).__name__, "constant"
             )
-            return pad(_need_map(x), tuple(module.padding), mode, float(getattr(module, "value", 0.0)))
+            left, right, top, bottom = module.padding
+            return pad(_need_map(x), (left, right, top, bottom), mode, float(getattr(module, "value", 0.0)))
         if isinstance(module, NONLINEAR_MODULES):
             raise Refused("nonlinear op", type(module).__name__)
         raise Refused("unsupported op", f"module {type(module).__name__}")

@@ -7,10 +7,12 @@ all exactly (only all-zero taps and blocks are dropped).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from ..plain import PaddingMode
 from .affine import AffineMap
 
 
@@ -69,16 +71,17 @@ def to_conv(merged: AffineMap, dtype: torch.dtype, device: torch.device) -> nn.C
             [kernel[g * rows : (g + 1) * rows, g * cols : (g + 1) * cols] for g in range(groups)]
         )
     out, inp = kernel.shape[0], kernel.shape[1] * groups
+    mode = cast(PaddingMode, merged.mode if padding != [0, 0] else "zeros")
     conv = nn.Conv2d(
         inp,
         out,
-        tuple(kernel.shape[-2:]),
+        (kernel.shape[-2], kernel.shape[-1]),
         stride=merged.stride,
-        padding=tuple(padding),
+        padding=(padding[0], padding[1]),
         dilation=dilation,
         groups=groups,
         bias=True,
-        padding_mode=merged.mode if padding != [0, 0] else "zeros",
+        padding_mode=mode,
         device="meta",
     )
     conv.weight = nn.Parameter(kernel.to(device=device, dtype=dtype).contiguous())

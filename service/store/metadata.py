@@ -188,7 +188,7 @@ class MetadataStore:
 
     def digest_in_use(self, digest: str) -> bool:
         with self._session() as s:
-            return s.scalar(select(func.count()).where(_Version.digest == digest)) > 0
+            return (s.scalar(select(func.count()).where(_Version.digest == digest)) or 0) > 0
 
     def create_job(self, name: str) -> JobRecord:
         with self._session() as s:

@@ -28,7 +28,7 @@ class ReparamHandler(BaseHandler):
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
-        batches = [unpack(request.get("body") or request.get("data")) for request in data]
+        batches = [unpack(request.get("body") or request.get("data") or b"") for request in data]
         self.sizes = [b.shape[0] for b in batches]
         return torch.cat(batches).to(self.device)
 
