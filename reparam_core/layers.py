@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,9 +22,16 @@ ACTIVATIONS.add("leaky_relu", nn.LeakyReLU)
 ACTIVATIONS.add("identity", nn.Identity)
 
 
-def make_activation(name: str) -> nn.Module:
-    """Build a registered activation by name (``UnknownNameError`` lists the known ones)."""
-    return ACTIVATIONS.get(name)()
+def make_activation(name: str, inplace: bool = False) -> nn.Module:
+    """Build a registered activation by name (``UnknownNameError`` lists the known ones).
+
+    ``inplace`` where the activation supports it: the deploy net applies it to a fresh conv
+    output, which saves an allocation per layer (timm's deploy nets do the same).
+    """
+    factory = ACTIVATIONS.get(name)
+    if inplace and "inplace" in inspect.signature(factory).parameters:
+        return factory(inplace=True)
+    return factory()
 
 
 class SESpec(BaseModel):

@@ -63,7 +63,7 @@ class FusedConv(nn.Module):
             padding_mode=spec.padding_mode,
         )
         self.se = SqueezeExcite(spec.out_channels, spec.se.rd_channels) if spec.se else None
-        self.act = make_activation(spec.activation)
+        self.act = make_activation(spec.activation, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         placement = self.spec.se.placement if self.spec.se else "pre_act"
