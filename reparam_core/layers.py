@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .registry import Registry
 
-ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
+ACTIVATIONS: Registry[Callable[..., nn.Module]] = Registry("activation")
 ACTIVATIONS.add("relu", nn.ReLU)
 ACTIVATIONS.add("relu6", nn.ReLU6)
 ACTIVATIONS.add("silu", nn.SiLU)
