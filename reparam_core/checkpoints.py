@@ -143,9 +143,9 @@ def check_values(state: dict[str, Tensor]) -> None:
     negative = [k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())]
     problems = []
     if non_finite:
-        problems.append(f"NaN/Inf values in {_listing(non_finite)}")
+        problems.append(f"NaN/Inf values in {listing(non_finite)}")
     if negative:
-        problems.append(f"negative BN running_var in {_listing(negative)}")
+        problems.append(f"negative BN running_var in {listing(negative)}")
     if problems:
         raise CheckpointError("; ".join(problems))
 
@@ -155,7 +155,8 @@ def _all_finite(tensor: Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
+def listing(keys: list[str], limit: int = 12) -> str:
+    """``"N tensors: a, b, ... (k more)"`` for error messages that name every offender."""
     shown = ", ".join(keys[:limit])
     return f"{len(keys)} tensors: {shown}" + (
         f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""

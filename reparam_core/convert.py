@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .blocks import ReparamBlock
 from .build import build_deploy_model, build_train_model
-from .checkpoints import _listing, check_values, read_checkpoint
+from .checkpoints import check_values, listing, read_checkpoint
 from .errors import CheckpointError, EquivalenceError
 from .fusion import fused_state_dict
 from .key_formats import detect_format, guess_family, is_deploy_form
@@ -197,11 +197,11 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor], device: torch.devic
     ]
     problems = []
     if missing:
-        problems.append(f"missing {_listing(missing)}")
+        problems.append(f"missing {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected {_listing(unexpected)}")
+        problems.append(f"unexpected {listing(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatch in {_listing(shapes)}")
+        problems.append(f"shape mismatch in {listing(shapes)}")
     if problems:
         raise CheckpointError(
             f"checkpoint ({match.format} layout) does not match the spec: " + "; ".join(problems)

@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from reparam_core.artifacts import WEIGHTS, sha256_file, write_artifacts
+from reparam_core.artifacts import PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file, write_artifacts
 from reparam_core.convert import ConversionResult
 
 from ..config import Settings
 
-FILES = ("model.safetensors", "deploy_spec.json", "report.json", "model.pt2")
+FILES = (WEIGHTS, SPEC, REPORT, PROGRAM)
 
 
 class ArtifactStore(Protocol):
