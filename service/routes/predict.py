@@ -21,7 +21,7 @@ MAX_TOP_K = 100
 
 
 async def _resolve(metadata: MetadataDep, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
-    """The version to serve (latest by default) and its architecture spec (cached: versions are immutable)."""
+    """The version to serve (the latest unless one is asked for) and its architecture spec."""
     record = await asyncio.to_thread(metadata.get_version, name, version)
     if record is None:
         what = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
