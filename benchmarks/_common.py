@@ -13,6 +13,13 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# benchmark key -> (timm model name, our architecture spec): the same nets on both sides
+MODELS: dict[str, tuple[str, dict[str, str]]] = {
+    "A0": ("repvgg_a0", {"family": "repvgg", "variant": "A0"}),
+    "B1": ("repvgg_b1", {"family": "repvgg", "variant": "B1"}),
+    "B3": ("repvgg_b3", {"family": "repvgg", "variant": "B3"}),
+    "S0": ("mobileone_s0", {"family": "mobileone", "variant": "S0"}),
+}
 
 
 def timed(fn: Callable[[], Any], repeats: int, sync: bool = False) -> list[float]:

@@ -16,16 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import environment, summary, timed, write_json
+from _common import MODELS, environment, summary, timed, write_json
 
 import reparam_core  # noqa: F401  (sets the allocator option before torch allocates)
-
-MODELS = {
-    "A0": ("repvgg_a0", {"family": "repvgg", "variant": "A0"}),
-    "B1": ("repvgg_b1", {"family": "repvgg", "variant": "B1"}),
-    "B3": ("repvgg_b3", {"family": "repvgg", "variant": "B3"}),
-    "S0": ("mobileone_s0", {"family": "mobileone", "variant": "S0"}),
-}
 
 
 def bench_model(key: str, device: str, repeats: int, folder: Path) -> dict[str, Any]:

@@ -16,17 +16,10 @@ import statistics
 from typing import Any
 
 import torch
-from _common import environment, timed, write_json
+from _common import MODELS, environment, timed, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 import reparam_core  # noqa: F401  (allocator option before torch allocates)
-
-MODELS = {
-    "A0": ("repvgg_a0", {"family": "repvgg", "variant": "A0"}),
-    "B1": ("repvgg_b1", {"family": "repvgg", "variant": "B1"}),
-    "B3": ("repvgg_b3", {"family": "repvgg", "variant": "B3"}),
-    "S0": ("mobileone_s0", {"family": "mobileone", "variant": "S0"}),
-}
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
