@@ -124,7 +124,3 @@ def load_artifacts(folder: str | Path, device: str | torch.device = "cpu") -> tu
         model = build_deploy_model(spec)
     model.load_state_dict(weights, strict=True, assign=True)
     return model.eval(), spec
-
-
-def read_report(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / REPORT).read_text())  # type: ignore[no-any-return]

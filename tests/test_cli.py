@@ -30,26 +30,15 @@ def checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+def convert(checkpoint: Path, out: Path, *extra: str, spec: str = json.dumps(TINY)) -> int:
+    return main(["convert", "--spec", spec, "--checkpoint", str(checkpoint), "--out", str(out), *extra])
+
+
 def test_convert_writes_artifacts_and_json(
     tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    code = main(
-        [
-            "convert",
-            "--spec",
-            json.dumps(TINY),
-            "--checkpoint",
-            str(checkpoint),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--no-export",
-            "--json",
-        ]
-    )
-    assert code == 0
+    assert convert(checkpoint, out, "--device", "cpu", "--no-export", "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["report"]["passed"] and (out / "model.safetensors").exists()
     assert set(summary["sha256"]) == {"model.safetensors", "deploy_spec.json", "report.json"}
@@ -61,55 +50,24 @@ def test_spec_from_a_yaml_file(tmp_path: Path, checkpoint: Path) -> None:
         "family: repvgg\nstem: {width: 8}\nstages: [{depth: 1, width: 8}]\nnum_classes: 3\n"
         "input_size: [24, 24]\n"
     )
-    assert (
-        main(
-            [
-                "convert",
-                "--spec",
-                str(spec),
-                "--checkpoint",
-                str(checkpoint),
-                "--out",
-                str(tmp_path / "o"),
-                "--no-export",
-            ]
-        )
-        == 0
-    )
+    assert convert(checkpoint, tmp_path / "o", "--no-export", spec=str(spec)) == 0
 
 
 def test_gate_failure_exits_1_and_writes_nothing(
     tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    code = main(
-        [
-            "convert",
-            "--spec",
-            json.dumps(TINY),
-            "--checkpoint",
-            str(checkpoint),
-            "--out",
-            str(out),
-            "--tolerance",
-            "1e-30",
-        ]
-    )
-    assert code == 1 and not out.exists()
+    assert convert(checkpoint, out, "--tolerance", "1e-30") == 1 and not out.exists()
     assert "gate failed" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 truncated")
-    code = main(
-        ["convert", "--spec", json.dumps(TINY), "--checkpoint", str(bad), "--out", str(tmp_path / "o")]
-    )
+    code = convert(bad, tmp_path / "o")
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("reparam: error:") and err.count("\n") == 1
-    assert (
-        main(["convert", "--spec", '{"family": "x"}', "--checkpoint", str(bad), "--out", str(tmp_path)]) == 2
-    )
+    assert convert(bad, tmp_path, spec='{"family": "x"}') == 2
 
 
 def test_inspect_json(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
