@@ -3,8 +3,11 @@
 Starts `reparam serve` as a subprocess per backend (fresh data folder, free ports), converts a
 RepVGG-A0 checkpoint (random weights, realistic BN statistics), then sends PNG images (224x224
 after preprocessing) at 1, 8 and 32 concurrent clients. Client-side latency p50/p95/p99 and
-throughput are reported, with the service's own Server-Timing split (backend part vs overhead).
-The in-process baseline calls the fp32 deploy net directly at the same batch sizes.
+throughput are reported, with the service's own Server-Timing split (backend part vs overhead:
+total minus backend, as the service measures it) and the client's latency minus the backend part
+(adds HTTP parsing and the client). The baseline ("model alone") calls the deploy net prepared
+with the default serving options directly, in this process, at batch 1, 8 and 32; the summary
+divides TorchServe's throughput at the highest concurrency by the best batched model throughput.
 
 Usage: python benchmarks/serve_bench.py [--requests 200] [--concurrency 1 8 32]
                                         [--backends torchserve inprocess]
@@ -64,6 +67,7 @@ async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[s
     latencies: list[float] = []
     backend_ms: list[float] = []
     overhead_ms: list[float] = []
+    outside_ms: list[float] = []
     queue = list(range(requests))
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
 
@@ -77,6 +81,7 @@ async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[s
                 timing = server_timing(response.headers["Server-Timing"])
                 backend_ms.append(timing["backend"])
                 overhead_ms.append(timing["total"] - timing["backend"])
+                outside_ms.append(latencies[-1] * 1e3 - timing["backend"])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -88,6 +93,7 @@ async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[s
         **percentiles(latencies),
         "server_backend_p50_ms": statistics.median(backend_ms),
         "server_overhead_p50_ms": statistics.median(overhead_ms),
+        "client_minus_backend_p50_ms": statistics.median(outside_ms),
     }
 
 
@@ -123,25 +129,25 @@ def start_server(backend: str, data: Path, port: int) -> subprocess.Popen[bytes]
 
 def model_alone(checkpoint: Path, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     from reparam_core.convert import convert
+    from reparam_core.serving import ServingModel, ServingOptions
 
-    model = convert(SPEC, checkpoint, validate=False).deploy_model
+    model = ServingModel(convert(SPEC, checkpoint, validate=False).deploy_model, ServingOptions(), "cpu")
     rows = []
-    with torch.inference_mode():
-        for batch in batch_sizes:
-            x = torch.randn(batch, 3, 224, 224)
-            model(x)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - start)
-            rows.append(
-                {
-                    "batch": batch,
-                    "p50_ms": statistics.median(times) * 1e3,
-                    "images_per_s": batch / statistics.median(times),
-                }
-            )
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, 224, 224)
+        model.probabilities(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.probabilities(x)
+            times.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "batch": batch,
+                "p50_ms": statistics.median(times) * 1e3,
+                "images_per_s": batch / statistics.median(times),
+            }
+        )
     return rows
 
 
@@ -182,20 +188,41 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=60)
         results["model_alone"] = model_alone(checkpoint, [1, 8, 32], 20)
+    best = max(r["images_per_s"] for r in results["model_alone"])
+    results["summary"] = {
+        backend: {
+            "overhead_p50_ms_at_1_client": rows[0]["server_overhead_p50_ms"],
+            "throughput_vs_model_alone": rows[-1]["throughput_rps"] / best,
+        }
+        for backend, rows in results["backends"].items()
+    }
     path = write_json("serve_bench_cpu.json", results)
     print(f"/predict, RepVGG-A0, PNG -> 224x224, {args.requests} requests per row ({path.name})")
-    columns = ("backend", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "overhead p50 ms")
-    print("{:11} {:>7} {:>8} {:>8} {:>8} {:>7} {:>16}".format(*columns))
+    columns = ("backend", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "overhead p50", "client-backend")
+    print("{:11} {:>7} {:>8} {:>8} {:>8} {:>7} {:>13} {:>15}".format(*columns))
     for backend, rows in results["backends"].items():
         for r in rows:
-            values = (r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"], r["server_overhead_p50_ms"])
+            values = (
+                r["p50_ms"],
+                r["p95_ms"],
+                r["p99_ms"],
+                r["throughput_rps"],
+                r["server_overhead_p50_ms"],
+                r["client_minus_backend_p50_ms"],
+            )
             print(
-                "{:11} {:7d} {:8.1f} {:8.1f} {:8.1f} {:7.1f} {:16.2f}".format(
+                "{:11} {:7d} {:8.1f} {:8.1f} {:8.1f} {:7.1f} {:13.2f} {:15.2f}".format(
                     backend, r["concurrency"], *values
                 )
             )
     for r in results["model_alone"]:
         print(f"model alone batch {r['batch']:3d}: {r['p50_ms']:.1f} ms, {r['images_per_s']:.1f} images/s")
+    for backend, summary in results["summary"].items():
+        print(
+            f"{backend}: overhead p50 at 1 client {summary['overhead_p50_ms_at_1_client']:.2f} ms, "
+            f"throughput at {args.concurrency[-1]} clients = "
+            f"{summary['throughput_vs_model_alone']:.0%} of the model alone (best batch)"
+        )
 
 
 if __name__ == "__main__":

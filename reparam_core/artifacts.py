@@ -48,8 +48,7 @@ def write_artifacts(result: ConversionResult, out_dir: str | Path, *, export: bo
         save_file(result.state_dict(), str(staging / WEIGHTS), metadata={"format": "pt"})
         (staging / SPEC).write_text(result.deploy_spec.model_dump_json(indent=2))
         if export:
-            h, w = _input_size(result.deploy_spec)
-            export_program(result.deploy_model, (2, result.deploy_spec.in_channels, h, w), staging / PROGRAM)
+            export_program(result.deploy_model, (2, *result.deploy_spec.sample_shape()), staging / PROGRAM)
         report = {"report": result.report.model_dump(mode="json"), "timings": result.timings}
         return finish_with_report(staging, report)
 
@@ -105,11 +104,6 @@ def export_program(model: torch.nn.Module, input_shape: tuple[int, ...], path: P
         raise ConversionError(
             f"exported program differs from the deploy net: relative error {errors['max_rel_error']:.3e}"
         )
-
-
-def _input_size(spec: DeploySpec) -> tuple[int, int]:
-    size = spec.meta.get("arch_spec", {}).get("input_size", (224, 224))
-    return int(size[0]), int(size[1])
 
 
 def load_artifacts(folder: str | Path, device: str | torch.device = "cpu") -> tuple[PlainNet, DeploySpec]:

@@ -94,18 +94,34 @@ def _conversion_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     cmd.add_argument("--tolerance", type=float, default=1e-9, help="max fp64 relative error (default 1e-9)")
     cmd.add_argument("--no-export", action="store_true", help="skip the torch.export program (model.pt2)")
+    cmd.add_argument(
+        "--serving",
+        default=None,
+        metavar="JSON",
+        help='also check the net as it would be served, e.g. \'{"precision": "fp16", "compile": true}\' '
+        "(fields as in POST /convert; the result is the report's 'serving' section)",
+    )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
 def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     from .artifacts import write_artifacts
     from .convert import convert
+    from .serving import parse_serving
     from .spec import parse_spec
 
     spec = parse_spec(Path(args.spec) if Path(args.spec).is_file() else args.spec)
+    serving = parse_serving(args.serving) if args.serving is not None else None
     with err.status(f"{checkpoint.name}: starting") as status:
         on_stage: Callable[[str], None] = lambda stage: status.update(f"{checkpoint.name}: {stage}")  # noqa: E731
-        result = convert(spec, checkpoint, device=args.device, tolerance=args.tolerance, progress=on_stage)
+        result = convert(
+            spec,
+            checkpoint,
+            device=args.device,
+            tolerance=args.tolerance,
+            progress=on_stage,
+            serving=serving,
+        )
         status.update(f"{checkpoint.name}: writing artifacts")
         digests = write_artifacts(result, out_dir, export=not args.no_export)
     return {
@@ -158,6 +174,7 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
         "format",
         "fp64 rel err",
         "fp32 rel err",
+        "serving rel err",
         "convs",
         "params",
         "seconds",
@@ -165,7 +182,7 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for item in results:
         if "error" in item:
-            table.add_row(Path(item["checkpoint"]).name, f"[red]{item['error']}[/red]", *[""] * 6)
+            table.add_row(Path(item["checkpoint"]).name, f"[red]{item['error']}[/red]", *[""] * 7)
             continue
         report = item["report"]
         worst = max(r["max_rel_error"] for r in report["fp64"])
@@ -175,11 +192,18 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
             report["checkpoint_format"],
             f"{worst:.2e}",
             f"{report['fp32']['max_rel_error']:.2e}",
+            _serving_cell(report.get("serving")),
             f"{report['convs_train']} -> {report['convs_deploy']}",
             f"{report['params_train'] / 1e6:.2f}M -> {report['params_deploy'] / 1e6:.2f}M",
             f"{sum(item['timings'].values()):.2f}",
         )
     out.print(table)
+
+
+def _serving_cell(serving: dict[str, Any] | None) -> str:
+    if serving is None:
+        return "-"
+    return f"{serving['options']['precision']} {serving['equivalence']['max_rel_error']:.2e}"
 
 
 def _cmd_fuse_graph(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ error of the stored weights reported and bounded), cast to the storage dtype.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from .fusion import fused_state_dict
 from .key_formats import detect_format, guess_family, is_deploy_form
 from .plain import DeploySpec, PlainNet
 from .reparameterize import count_convs, reparameterize
+from .serving import ServingOptions, ServingReport, prepare_for_serving
 from .spec import ArchSpec, parse_spec
 from .validate import EquivalenceReport, measure, random_input, resolve_device, tf32_disabled
 
@@ -35,6 +37,10 @@ from .validate import EquivalenceReport, measure, random_input, resolve_device, 
 # error is at most FP32_SLACK times the training form's own float32 error, or FP32_FLOOR.
 FP32_SLACK = 10.0
 FP32_FLOOR = 1e-5
+# The same rule holds for the serving configuration, against the training net run in the serving
+# precision; the floors (about 10x-80x each format's unit roundoff) only matter when that net is
+# itself unusually accurate.
+SERVING_FLOORS = {torch.float32: FP32_FLOOR, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 MIN_COVERAGE = 0.5
 
 
@@ -50,6 +56,7 @@ class ConversionReport(BaseModel):
     fp64: list[EquivalenceReport]
     fp32: EquivalenceReport | None
     fp32_train: EquivalenceReport | None
+    serving: ServingReport | None = None
     params_train: int
     params_deploy: int
     convs_train: int
@@ -97,11 +104,14 @@ def convert(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     checkpoint_name: str | None = None,
+    serving: ServingOptions | None = None,
 ) -> ConversionResult:
     """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
     report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
     ``progress`` is called with each stage's name as it starts; ``checkpoint_name`` is how errors
-    name the checkpoint (default: its path)."""
+    name the checkpoint (default: its path). With ``serving``, the net prepared that way (precision,
+    memory format, compilation) is checked too, in its own stage, and held to the same bound
+    relative to the training net run in that precision."""
     timer = _Timer(progress)
     target = resolve_device(device)
     with timer.stage("parse"):
@@ -122,22 +132,28 @@ def convert(
         deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
         stored = _storage_model(deploy_spec, weights)
     fp64: list[EquivalenceReport] = []
-    fp32 = fp32_train = None
+    fp32 = fp32_train = served = None
     if validate:
         with timer.stage("validate"):
             # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
             deploy = reparameterize(model.double())
             fp64, fp32, fp32_train = _gate(arch, model, deploy, stored, target, tolerance, seed)
+        if serving is not None:
+            with timer.stage("serving"):
+                served = _serving_check(arch, model, stored, deploy_spec, serving, target, seed)
     report = ConversionReport(
         arch=arch.name,
         checkpoint_format=fmt,
         checkpoint_notes=notes,
         device=str(target),
         tolerance=tolerance,
-        passed=all(r.passed for r in fp64) and (fp32 is None or fp32.passed),
+        passed=all(r.passed for r in fp64)
+        and (fp32 is None or fp32.passed)
+        and (served is None or served.equivalence.passed),
         fp64=fp64,
         fp32=fp32,
         fp32_train=fp32_train,
+        serving=served,
         params_train=_params(model),
         params_deploy=_params(stored),
         convs_train=count_convs(model),
@@ -153,6 +169,8 @@ def _failures(report: ConversionReport) -> str:
     failed = [r for r in report.fp64 if not r.passed]
     if report.fp32 is not None and not report.fp32.passed:
         failed.append(report.fp32)
+    if report.serving is not None and not report.serving.equivalence.passed:
+        failed.append(report.serving.equivalence)
     return "; ".join(
         f"{r.dtype} at {'x'.join(map(str, r.input_shape))}: max relative error {r.max_rel_error:.3e} "
         f"> tolerance {r.tolerance or 0:.3g}"
@@ -268,3 +286,37 @@ def _gate(
                 fp32 = measure(reference, out, shape, stored_dtype, device, bound)
                 stored.to("cpu")
     return fp64, fp32, fp32_train
+
+
+def _serving_check(
+    arch: ArchSpec,
+    model: nn.Module,
+    stored: PlainNet,
+    deploy_spec: DeploySpec,
+    options: ServingOptions,
+    device: torch.device,
+    seed: int,
+) -> ServingReport:
+    """The stored net prepared as ``options`` say (and warmed up, compiling if asked) against the
+    float64 training net, bounded by the training net's own error in the serving precision."""
+    shape = gate_shapes(arch)[0]
+    x = random_input(shape, seed).to(device)
+    dtype = options.dtype
+    with tf32_disabled():
+        with torch.inference_mode():
+            reference = model.double()(x)
+            baseline = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
+            model.double()
+        served = prepare_for_serving(
+            copy.deepcopy(stored), options, device, deploy_spec.sample_shape(), (1, shape[0])
+        )
+        output = served.logits(x.float())
+    bound = max(SERVING_FLOORS[dtype], FP32_SLACK * baseline.max_rel_error)
+    return ServingReport(
+        options=options,
+        device=str(device),
+        equivalence=measure(reference, output, shape, dtype, device, bound),
+        train_same_precision=baseline,
+        compile_seconds=served.compile_seconds,
+        warmup_seconds=served.warmup_seconds,
+    )

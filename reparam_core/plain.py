@@ -108,6 +108,11 @@ class DeploySpec(BaseModel):
         except ValidationError as exc:
             raise SpecError(describe_validation_error(exc, "deploy spec")) from None
 
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input: the training spec's input size (224x224 when it has none)."""
+        h, w = self.meta.get("arch_spec", {}).get("input_size", (224, 224))
+        return self.in_channels, int(h), int(w)
+
     def layers(self) -> list[tuple[str, ConvLayerSpec]]:
         named = [("stem", self.stem)]
         for s, stage in enumerate(self.stages):

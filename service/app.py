@@ -17,7 +17,7 @@ from .jobs import Conversions
 from .limits import BodySizeLimit
 from .metrics import Metrics
 from .routes import convert, health, models, predict
-from .store import MetadataStore, artifact_store_from_settings
+from .store import MetadataStore, VersionCache, artifact_store_from_settings
 
 log = logging.getLogger("reparam.service")
 
@@ -28,6 +28,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.state.metadata = MetadataStore(settings.resolved_database_url)
     app.state.artifacts = artifact_store_from_settings(settings)
+    app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
     backend = select_backend(settings)
     try:
         await backend.start()
@@ -36,10 +37,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise
         log.error("TorchServe failed to start (%s): falling back to the in-process backend", exc)
         await backend.stop()
-        backend = InProcessBackend(settings.device)
+        backend = InProcessBackend(settings.device, settings.batch_size)
         await backend.start()
     app.state.backend = backend
-    conversions = Conversions(settings, app.state.metadata, app.state.artifacts, backend, app.state.metrics)
+    conversions = Conversions(
+        settings, app.state.metadata, app.state.versions, app.state.artifacts, backend, app.state.metrics
+    )
     app.state.conversions = conversions
     restored = await conversions.restore()
     log.info("serving with the %s backend; %d stored versions registered", backend.name, restored)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -36,7 +38,35 @@ class Settings(BaseSettings):
     torchserve_start_timeout_s: float = 180.0
     batch_size: int = Field(default=8, ge=1)
     max_batch_delay_ms: int = Field(default=5, ge=0)
-    workers_per_model: int = Field(default=1, ge=1)
+    workers_per_model: int | None = Field(
+        default=None,
+        ge=1,
+        description="TorchServe workers per version; default 1 on a GPU, else min(cores, 4)",
+    )
+    worker_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads per managed TorchServe worker; default cores // workers",
+    )
+    version_cache_s: float = Field(
+        default=2.0, ge=0, description="how long /predict trusts a looked-up version (0: always query)"
+    )
+    model_startup_timeout_s: int = Field(
+        default=600, ge=1, description="loading, compiling and warming up one version (TorchServe worker)"
+    )
+
+    @property
+    def resolved_workers(self) -> int:
+        """One worker per core (up to 4) on the CPU: single-threaded workers side by side keep
+        both cores busy where one two-threaded worker stalls whenever the service takes a core."""
+        if self.workers_per_model is not None:
+            return self.workers_per_model
+        on_gpu = self.device != "cpu" and torch.cuda.is_available()
+        return 1 if on_gpu else min(_cores(), 4)
+
+    @property
+    def resolved_worker_threads(self) -> int:
+        return self.worker_threads or max(1, _cores() // self.resolved_workers)
 
     @property
     def resolved_database_url(self) -> str:
@@ -49,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def resolved_model_store(self) -> Path:
         return (self.torchserve_model_store or self.data_dir / "model-store").resolve()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @lru_cache

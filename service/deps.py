@@ -11,7 +11,7 @@ from .backends.base import InferenceBackend
 from .config import Settings
 from .jobs import Conversions
 from .metrics import Metrics
-from .store import LocalArtifactStore, MetadataStore
+from .store import LocalArtifactStore, MetadataStore, VersionCache
 
 
 def _settings(request: Request) -> Settings:
@@ -20,6 +20,10 @@ def _settings(request: Request) -> Settings:
 
 def _metadata(request: Request) -> MetadataStore:
     return request.app.state.metadata  # type: ignore[no-any-return]
+
+
+def _versions(request: Request) -> VersionCache:
+    return request.app.state.versions  # type: ignore[no-any-return]
 
 
 def _artifacts(request: Request) -> LocalArtifactStore:
@@ -40,6 +44,7 @@ def _metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetadataDep = Annotated[MetadataStore, Depends(_metadata)]
+VersionsDep = Annotated[VersionCache, Depends(_versions)]
 ArtifactsDep = Annotated[LocalArtifactStore, Depends(_artifacts)]
 BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]

@@ -61,6 +61,19 @@ def test_gate_failure_exits_1_and_writes_nothing(
     assert "gate failed" in capsys.readouterr().err
 
 
+def test_serving_check_is_reported_and_bad_options_exit_2(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        convert(checkpoint, tmp_path / "o", "--no-export", "--json", "--serving", '{"precision": "bf16"}')
+        == 0
+    )
+    serving = json.loads(capsys.readouterr().out)["report"]["serving"]
+    assert serving["options"]["precision"] == "bf16" and serving["equivalence"]["dtype"] == "bfloat16"
+    assert convert(checkpoint, tmp_path / "p", "--serving", '{"precision": "fp8"}') == 2
+    assert "serving.precision" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 truncated")

@@ -15,7 +15,7 @@ def select_backend(settings: Settings) -> InferenceBackend:
     if settings.backend == "inprocess":
         from .inprocess import InProcessBackend
 
-        return InProcessBackend(settings.device)
+        return InProcessBackend(settings.device, settings.batch_size)
     from .torchserve import TorchServeBackend
     from .torchserve_process import find_java_home, torchserve_executable
 
@@ -26,7 +26,7 @@ def select_backend(settings: Settings) -> InferenceBackend:
     from .inprocess import InProcessBackend
 
     log.warning("Java or TorchServe not found: falling back to the in-process backend")
-    return InProcessBackend(settings.device)
+    return InProcessBackend(settings.device, settings.batch_size)
 
 
 __all__ = ["InferenceBackend", "select_backend"]

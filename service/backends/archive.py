@@ -1,4 +1,5 @@
-"""Building a TorchServe .mar from an artifact folder: our handler + deploy spec + weights.
+"""Building a TorchServe .mar from an artifact folder: our handler + deploy spec + weights + the
+version's serving options (``serving.json``).
 
 No TorchScript, no pickled model: the worker rebuilds the plain net from ``deploy_spec.json``.
 """
@@ -7,7 +8,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from reparam_core.serving import SERVING_FILE, ServingOptions
 
 HANDLER = Path(__file__).resolve().parent.parent / "torchserve_handler" / "handler.py"
 
@@ -16,9 +20,16 @@ def archive_name(name: str, version: int) -> str:
     return f"{name}-v{version}"
 
 
-def build_mar(name: str, version: int, artifacts: Path, store: Path) -> Path:
+def build_mar(name: str, version: int, artifacts: Path, serving: ServingOptions, store: Path) -> Path:
     """Write ``<store>/<name>-v<version>.mar`` (replacing one left by an earlier run)."""
     store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store) as scratch:
+        options = Path(scratch) / SERVING_FILE
+        options.write_text(serving.model_dump_json(indent=2))
+        return _archive(name, version, artifacts, options, store)
+
+
+def _archive(name: str, version: int, artifacts: Path, options: Path, store: Path) -> Path:
     archiver = Path(sys.executable).parent / "torch-model-archiver"
     command = [
         str(archiver if archiver.exists() else "torch-model-archiver"),
@@ -31,7 +42,7 @@ def build_mar(name: str, version: int, artifacts: Path, store: Path) -> Path:
         "--serialized-file",
         str(artifacts / "model.safetensors"),
         "--extra-files",
-        str(artifacts / "deploy_spec.json"),
+        f"{artifacts / 'deploy_spec.json'},{options}",
         "--export-path",
         str(store),
         "--force",

@@ -6,11 +6,16 @@ import asyncio
 import logging
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from reparam_core.artifacts import load_artifacts
-from reparam_core.plain import PlainNet
+from reparam_core.serving import (
+    ServingModel,
+    ServingOptions,
+    exact_fp32,
+    prepare_for_serving,
+    warmup_batch_sizes,
+)
 from reparam_core.validate import resolve_device
 
 from ..errors import BackendUnavailable
@@ -21,11 +26,13 @@ log = logging.getLogger("reparam.backend")
 class InProcessBackend:
     name = "inprocess"
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", max_batch: int = 8) -> None:
         self.device = resolve_device(device)
-        self._models: dict[tuple[str, int], PlainNet] = {}
+        self.warmup_sizes = warmup_batch_sizes(max_batch)
+        self._models: dict[tuple[str, int], ServingModel] = {}
 
     async def start(self) -> None:
+        exact_fp32()
         log.warning(
             "inference runs in-process (TorchServe not used): no dynamic batching or worker isolation"
         )
@@ -36,9 +43,12 @@ class InProcessBackend:
     async def ready(self) -> bool:
         return True
 
-    async def register(self, name: str, version: int, artifacts: Path) -> None:
-        model, _ = await asyncio.to_thread(load_artifacts, artifacts, self.device)
-        self._models[(name, version)] = model
+    async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
+        self._models[(name, version)] = await asyncio.to_thread(self._load, artifacts, serving)
+
+    def _load(self, artifacts: Path, serving: ServingOptions) -> ServingModel:
+        model, spec = load_artifacts(artifacts, self.device)
+        return prepare_for_serving(model, serving, self.device, spec.sample_shape(), self.warmup_sizes)
 
     async def unregister(self, name: str, version: int) -> None:
         self._models.pop((name, version), None)
@@ -47,9 +57,4 @@ class InProcessBackend:
         model = self._models.get((name, version))
         if model is None:
             raise BackendUnavailable(f"{name} v{version} is not loaded in this process")
-        return await asyncio.to_thread(_infer, model, batch, self.device)
-
-
-def _infer(model: PlainNet, batch: Tensor, device: torch.device) -> Tensor:
-    with torch.inference_mode():
-        return torch.softmax(model(batch.to(device)), dim=1).float().cpu()
+        return await asyncio.to_thread(model.probabilities, batch)

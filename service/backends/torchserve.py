@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 from torch import Tensor
 
+from reparam_core.serving import ServingOptions
+
 from ..config import Settings
 from ..errors import BackendUnavailable
 from . import wire
@@ -54,20 +56,22 @@ class TorchServeBackend:
         except httpx.HTTPError:
             return False
 
-    async def register(self, name: str, version: int, artifacts: Path) -> None:
+    async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
         store = self.settings.resolved_model_store
-        mar = await asyncio.to_thread(build_mar, name, version, artifacts, store)
+        mar = await asyncio.to_thread(build_mar, name, version, artifacts, serving, store)
         model = archive_name(name, version)
         await self._delete_if_present(model, version)
         params = {
             "url": mar.name,
             "model_name": model,
-            "initial_workers": self.settings.workers_per_model,
+            "initial_workers": self.settings.resolved_workers,
             "synchronous": "true",
             "batch_size": self.settings.batch_size,
             "max_batch_delay": self.settings.max_batch_delay_ms,
+            "startup_timeout": self.settings.model_startup_timeout_s,
         }
-        response = await self._management("POST", "/models", params=params, timeout=300)
+        timeout = self.settings.model_startup_timeout_s + 60
+        response = await self._management("POST", "/models", params=params, timeout=timeout)
         if response.status_code >= 300:
             raise BackendUnavailable(
                 f"TorchServe refused {model}: {response.status_code} {response.text.strip()}"

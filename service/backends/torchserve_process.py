@@ -70,7 +70,7 @@ def write_config(settings: Settings, folder: Path) -> Path:
         "enable_model_api": "true",
         "disable_token_authorization": "true",
         "metrics_mode": "prometheus",
-        "default_workers_per_model": str(settings.workers_per_model),
+        "default_workers_per_model": str(settings.resolved_workers),
         "install_py_dep_per_model": "false",
         "max_request_size": str(settings.max_predict_bytes * 4),
         "max_response_size": str(settings.max_predict_bytes * 4),
@@ -111,6 +111,7 @@ class TorchServeProcess:
             "TEMP": str(tmp),
             "LOG_LOCATION": str(self.home / "logs"),
             "METRICS_LOCATION": str(self.home / "logs"),
+            "OMP_NUM_THREADS": str(self.settings.resolved_worker_threads),  # each worker's torch threads
         }
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         command = [

@@ -19,12 +19,13 @@ from typing import Any
 
 from reparam_core.convert import convert
 from reparam_core.errors import EquivalenceError, ReparamError
+from reparam_core.serving import ServingOptions
 from reparam_core.spec import ArchSpec
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
 from ..metrics import Metrics
-from ..store import LocalArtifactStore, MetadataStore, VersionRecord
+from ..store import LocalArtifactStore, MetadataStore, VersionCache, VersionRecord
 
 log = logging.getLogger("reparam.jobs")
 
@@ -37,6 +38,17 @@ class Upload:
     sha256: str
     size: int
     filename: str
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """What to convert and how to serve it."""
+
+    name: str
+    spec: ArchSpec
+    upload: Upload
+    tolerance: float
+    serving: ServingOptions
 
 
 @dataclass(frozen=True)
@@ -55,11 +67,12 @@ class Conversions:
         self,
         settings: Settings,
         metadata: MetadataStore,
+        versions: VersionCache,
         artifacts: LocalArtifactStore,
         backend: InferenceBackend,
         metrics: Metrics,
     ) -> None:
-        self.settings, self.metadata, self.artifacts = settings, metadata, artifacts
+        self.settings, self.metadata, self.versions, self.artifacts = settings, metadata, versions, artifacts
         self.backend, self.metrics = backend, metrics
         self.executor = ThreadPoolExecutor(
             max_workers=settings.conversion_workers, thread_name_prefix="convert"
@@ -69,16 +82,20 @@ class Conversions:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, name: str, spec: ArchSpec, upload: Upload, tolerance: float) -> ConversionOutcome:
+    async def run(self, request: ConversionRequest) -> ConversionOutcome:
         """Convert (or reuse an identical earlier conversion), store, register; raises on bad input."""
-        spec_sha = spec_digest(spec)
-        existing = await asyncio.to_thread(self.metadata.find_duplicate, name, upload.sha256, spec_sha)
+        name, upload = request.name, request.upload
+        spec_sha = spec_digest(request.spec)
+        serving = request.serving.model_dump(mode="json")
+        existing = await asyncio.to_thread(
+            self.metadata.find_duplicate, name, upload.sha256, spec_sha, serving
+        )
         if existing is not None:
             return ConversionOutcome(existing, created=False)
         loop = asyncio.get_running_loop()
         try:
             digest, report, timings = await loop.run_in_executor(
-                self.executor, self._convert_and_store, spec, upload, tolerance
+                self.executor, self._convert_and_store, request
             )
         except EquivalenceError:
             self.metrics.conversions.labels("gate_failed").inc()
@@ -92,29 +109,32 @@ class Conversions:
             digest,
             upload.sha256,
             spec_sha,
-            spec.model_dump(mode="json"),
+            request.spec.model_dump(mode="json"),
             report,
             timings,
+            serving,
         )
         try:
-            await self.backend.register(name, record.version, self.artifacts.local_path(digest))
+            await self.backend.register(
+                name, record.version, self.artifacts.local_path(digest), request.serving
+            )
         except Exception:
             await asyncio.to_thread(self._forget, record)
             self.metrics.conversions.labels("backend_failed").inc()
             raise
+        self.versions.forget(name)
         self.metrics.conversions.labels("stored").inc()
         self.metrics.models_registered.inc()
         return ConversionOutcome(record, created=True)
 
-    def _convert_and_store(
-        self, spec: ArchSpec, checkpoint: Upload, tolerance: float
-    ) -> tuple[str, dict, dict]:
+    def _convert_and_store(self, request: ConversionRequest) -> tuple[str, dict, dict]:
         result = convert(
-            spec,
-            checkpoint.path,
+            request.spec,
+            request.upload.path,
             device=self.settings.device,
-            tolerance=tolerance,
-            checkpoint_name=checkpoint.filename,
+            tolerance=request.tolerance,
+            checkpoint_name=request.upload.filename,
+            serving=request.serving,
         )
         for stage, seconds in result.timings.items():
             self.metrics.conversion_duration.labels(stage).observe(seconds)
@@ -132,11 +152,13 @@ class Conversions:
             return None
         await self.backend.unregister(name, version)
         await asyncio.to_thread(self._forget, record)
+        self.versions.forget(name)
         self.metrics.models_registered.dec()
         return record
 
-    async def start_job(self, name: str, spec: ArchSpec, upload: Upload, tolerance: float) -> str:
+    async def start_job(self, request: ConversionRequest) -> str:
         """Queue a conversion and return its job id at once (the caller polls ``/jobs/{id}``)."""
+        name = request.name
         job = await asyncio.to_thread(self.metadata.create_job, name)
 
         async def record(status: str, result: dict[str, Any] | None = None) -> None:
@@ -145,7 +167,7 @@ class Conversions:
         async def work() -> None:
             await record("running")
             try:
-                outcome = await self.run(name, spec, upload, tolerance)
+                outcome = await self.run(request)
                 result: dict[str, Any] = {
                     "model": name,
                     "version": outcome.record.version,
@@ -162,7 +184,7 @@ class Conversions:
                 log.exception("conversion job %s failed", job.id)
                 await record("failed", {"status": 500, "detail": f"{type(exc).__name__}: {exc}"})
             finally:
-                shutil.rmtree(upload.path.parent, ignore_errors=True)
+                shutil.rmtree(request.upload.path.parent, ignore_errors=True)
 
         task = asyncio.get_running_loop().create_task(work())
         self.tasks.add(task)
@@ -178,7 +200,8 @@ class Conversions:
             if not path.exists():
                 log.error("artifacts of %s v%d missing at %s", record.name, record.version, path)
                 continue
-            await self.backend.register(record.name, record.version, path)
+            serving = ServingOptions.model_validate(record.serving)
+            await self.backend.register(record.name, record.version, path, serving)
             count += 1
         self.metrics.models_registered.set(count)
         return count

@@ -14,11 +14,12 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from reparam_core.serving import parse_serving
 from reparam_core.spec import parse_spec
 
 from ..deps import ConversionsDep, MetadataDep, SettingsDep, TokenDep
 from ..errors import BadInput, NotFound
-from ..jobs import ConversionOutcome, Upload
+from ..jobs import ConversionOutcome, ConversionRequest, Upload
 from ..store import VersionRecord
 
 router = APIRouter(tags=["convert"])
@@ -34,7 +35,12 @@ class ConversionResponse(BaseModel):
                     "version": 1,
                     "created": True,
                     "digest": "3b1f0c9e5d...e2a",
-                    "report": {"passed": True, "fp64": [{"max_rel_error": 1.1e-15}]},
+                    "report": {
+                        "passed": True,
+                        "fp64": [{"max_rel_error": 1.1e-15}],
+                        "serving": {"equivalence": {"dtype": "float16", "max_rel_error": 6.2e-4}},
+                    },
+                    "serving": {"precision": "fp16", "channels_last": True, "compile": False},
                     "timings": {
                         "read": 0.07,
                         "build": 0.08,
@@ -56,6 +62,7 @@ class ConversionResponse(BaseModel):
     created: bool
     digest: str
     report: dict[str, Any]
+    serving: dict[str, Any]
     timings: dict[str, Any]
     links: dict[str, str]
 
@@ -67,6 +74,7 @@ def _response(record: VersionRecord, created: bool) -> ConversionResponse:
         created=created,
         digest=record.digest,
         report=record.report,
+        serving=record.serving,
         timings=record.timings,
         links={
             "self": f"/models/{record.name}/versions/{record.version}",
@@ -112,11 +120,20 @@ async def convert_checkpoint(
     conversions: ConversionsDep,
     settings: SettingsDep,
     tolerance: Annotated[float | None, Form(gt=0, description="max fp64 relative error")] = None,
+    serving: Annotated[
+        str | None,
+        Form(
+            description='serving options, JSON, e.g. {"precision": "fp16", "channels_last": true, '
+            '"compile": true}; fields: precision (fp32|fp16|bf16), channels_last, inference_mode, '
+            "compile, compile_mode, warmup_iterations"
+        ),
+    ] = None,
     wait: Annotated[bool, Query(description="false: answer 202 at once with a job URL")] = True,
 ) -> Any:
     if not NAME.match(name):
         raise BadInput(f"name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter")
     arch = parse_spec(spec)
+    options = parse_serving(serving)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.resolved_artifacts_dir / "tmp"))
     try:
         filename = Path(checkpoint.filename or "checkpoint").name
@@ -124,14 +141,14 @@ async def convert_checkpoint(
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    limit = tolerance or settings.default_tolerance
+    request = ConversionRequest(name, arch, upload, tolerance or settings.default_tolerance, options)
     if not wait:
-        job = await conversions.start_job(name, arch, upload, limit)
+        job = await conversions.start_job(request)
         return JSONResponse(
             {"job": job, "status_url": f"/jobs/{job}"}, status_code=202, headers={"Location": f"/jobs/{job}"}
         )
     try:
-        outcome: ConversionOutcome = await conversions.run(name, arch, upload, limit)
+        outcome: ConversionOutcome = await conversions.run(request)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     body = _response(outcome.record, outcome.created)

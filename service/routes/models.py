@@ -24,6 +24,7 @@ def describe(record: VersionRecord) -> dict[str, Any]:
         "checkpoint_sha256": record.checkpoint_sha256,
         "spec": record.spec,
         "report": record.report,
+        "serving": record.serving,
         "timings": record.timings,
         "artifacts": {name: f"{base}/artifacts/{name}" for name in FILES},
     }

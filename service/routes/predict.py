@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from torch import Tensor
 
-from ..deps import BackendDep, MetadataDep, MetricsDep, SettingsDep
+from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
 from ..errors import BadInput, NotFound, UnsupportedMedia
 from ..images import IMAGE_TYPES, decode_base64_image, image_to_tensor, json_to_tensor
 
@@ -20,9 +20,9 @@ router = APIRouter(tags=["predict"])
 MAX_TOP_K = 100
 
 
-async def _resolve(metadata: MetadataDep, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
+async def _resolve(versions: VersionsDep, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
     """The version to serve (the latest unless one is asked for) and its architecture spec."""
-    record = await asyncio.to_thread(metadata.get_version, name, version)
+    record = await versions.get(name, version)
     if record is None:
         what = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
         raise NotFound(f"no {what}")
@@ -46,11 +46,11 @@ async def _answer(
     top_k: int,
     decode: Any,
     started: float,
-    metadata: MetadataDep,
+    versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
 ) -> JSONResponse:
-    resolved, spec = await _resolve(metadata, name, version)
+    resolved, spec = await _resolve(versions, name, version)
     batch = await asyncio.to_thread(decode, spec)
     decoded = time.perf_counter()
     probabilities = await backend.predict(name, resolved, batch)
@@ -80,7 +80,7 @@ Version = Annotated[int | None, Query(ge=1, description="default: the latest ver
 async def predict_get(
     name: str,
     image: Annotated[str, Query(description="URL-safe base64 PNG or JPEG")],
-    metadata: MetadataDep,
+    versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
     top_k: TopK = 5,
@@ -89,7 +89,7 @@ async def predict_get(
     started = time.perf_counter()
     data = decode_base64_image(image)
     decode = lambda spec: image_to_tensor(data, spec["preprocess"], spec["in_channels"])  # noqa: E731
-    return await _answer(name, version, top_k, decode, started, metadata, backend, metrics)
+    return await _answer(name, version, top_k, decode, started, versions, backend, metrics)
 
 
 @router.post(
@@ -110,7 +110,7 @@ async def predict_get(
 async def predict_post(
     name: str,
     request: Request,
-    metadata: MetadataDep,
+    versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
     settings: SettingsDep,
@@ -138,4 +138,4 @@ async def predict_post(
         raise UnsupportedMedia(
             f"content type {media or 'none'!r}: send image/png, image/jpeg or application/json"
         )
-    return await _answer(name, version, top_k, decode, started, metadata, backend, metrics)
+    return await _answer(name, version, top_k, decode, started, versions, backend, metrics)

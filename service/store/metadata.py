@@ -1,7 +1,9 @@
 """Model versions and conversion jobs in a SQL database (SQLite file by default, PostgreSQL by URL).
 
-Versions are immutable once written. The same checkpoint + spec posted again under the same name
-resolves to the existing version (``find_duplicate``).
+Versions are immutable once written. The same checkpoint + spec + serving options posted again
+under the same name resolves to the existing version (``find_duplicate``). Columns added after a
+database was created are added to it at start-up (``_add_missing_columns``); rows written before
+the ``serving`` column existed read as served with the default options.
 """
 
 from __future__ import annotations
@@ -14,9 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, create_engine, func, select, text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from reparam_core.serving import ServingOptions
 
 
 class _Base(DeclarativeBase):
@@ -40,6 +56,7 @@ class _Version(_Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    serving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -64,6 +81,7 @@ class VersionRecord:
     spec: dict[str, Any]
     report: dict[str, Any]
     timings: dict[str, Any]
+    serving: dict[str, Any]
     created_at: dt.datetime
 
     def summary(self) -> dict[str, Any]:
@@ -85,16 +103,27 @@ class JobRecord:
 
 def _record(row: _Version) -> VersionRecord:
     return VersionRecord(
-        row.name,
-        row.version,
-        row.digest,
-        row.checkpoint_sha256,
-        row.spec_sha256,
-        row.spec,
-        row.report,
-        row.timings,
-        row.created_at,
+        name=row.name,
+        version=row.version,
+        digest=row.digest,
+        checkpoint_sha256=row.checkpoint_sha256,
+        spec_sha256=row.spec_sha256,
+        spec=row.spec,
+        report=row.report,
+        timings=row.timings,
+        serving=row.serving if row.serving is not None else ServingOptions().model_dump(mode="json"),
+        created_at=row.created_at,
     )
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add nullable columns this version of the schema has and an older database lacks."""
+    present = {c["name"] for c in inspect(engine).get_columns(_Version.__tablename__)}
+    missing = [c for c in _Version.__table__.columns if c.name not in present and c.nullable]
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(text(f"ALTER TABLE {_Version.__tablename__} ADD COLUMN {column.name} {kind}"))
 
 
 class MetadataStore:
@@ -103,6 +132,7 @@ class MetadataStore:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=True)
         _Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -124,6 +154,7 @@ class MetadataStore:
         spec: dict[str, Any],
         report: dict[str, Any],
         timings: dict[str, Any],
+        serving: dict[str, Any],
     ) -> VersionRecord:
         """Insert the next version of ``name`` (retrying if another writer took the number)."""
         for _ in range(5):
@@ -139,6 +170,7 @@ class MetadataStore:
                         spec=spec,
                         report=report,
                         timings=timings,
+                        serving=serving,
                     )
                     s.add(row)
                     s.flush()
@@ -147,9 +179,11 @@ class MetadataStore:
                 continue
         raise RuntimeError(f"could not allocate a version number for {name!r}")
 
-    def find_duplicate(self, name: str, checkpoint_sha256: str, spec_sha256: str) -> VersionRecord | None:
+    def find_duplicate(
+        self, name: str, checkpoint_sha256: str, spec_sha256: str, serving: dict[str, Any]
+    ) -> VersionRecord | None:
         with self._session() as s:
-            row = s.scalars(
+            rows = s.scalars(
                 select(_Version)
                 .where(
                     _Version.name == name,
@@ -157,8 +191,9 @@ class MetadataStore:
                     _Version.spec_sha256 == spec_sha256,
                 )
                 .order_by(_Version.version.desc())
-            ).first()
-            return _record(row) if row else None
+            )
+            records = (_record(row) for row in rows)
+            return next((r for r in records if r.serving == serving), None)
 
     def get_version(self, name: str, version: int | None = None) -> VersionRecord | None:
         """A version, or the latest one of ``name`` when ``version`` is None."""

@@ -1,7 +1,9 @@
 """TorchServe handler for reparam deploy nets (one class per file, as TorchServe requires).
 
-The .mar carries ``model.safetensors`` and ``deploy_spec.json``; the worker runs in the Python
-environment that has ``reparam_core`` installed and rebuilds the plain net from the spec alone.
+The .mar carries ``model.safetensors``, ``deploy_spec.json`` and ``serving.json`` (the version's
+serving options); the worker runs in the Python environment that has ``reparam_core`` installed,
+rebuilds the plain net from the spec alone, prepares it as ``serving.json`` says and warms it up
+at batch size 1 and at TorchServe's batch size before the worker reports ready.
 Each request body is a batch ``[n, C, H, W]`` (safetensors bytes); with TorchServe batching the
 handler gets several requests, runs them as one batch and answers each with its own rows of the
 softmax probabilities, in order.
@@ -9,12 +11,21 @@ softmax probabilities, in order.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from reparam_core.artifacts import load_artifacts
+from reparam_core.serving import (
+    SERVING_FILE,
+    ServingModel,
+    exact_fp32,
+    parse_serving,
+    prepare_for_serving,
+    warmup_batch_sizes,
+)
 from service.backends.wire import pack, unpack
 
 
@@ -23,18 +34,25 @@ class ReparamHandler(BaseHandler):
         properties = context.system_properties
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
-        self.model, _ = load_artifacts(properties["model_dir"], self.device)
+        model_dir = Path(properties["model_dir"])
+        options_file = model_dir / SERVING_FILE
+        options = parse_serving(options_file.read_text() if options_file.exists() else None)
+        exact_fp32()
+        model, spec = load_artifacts(model_dir, self.device)
+        sizes = warmup_batch_sizes(int(properties.get("batch_size") or 1))
+        self.served: ServingModel = prepare_for_serving(
+            model, options, self.device, spec.sample_shape(), sizes
+        )
         self.sizes: list[int] = []
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
         batches = [unpack(request.get("body") or request.get("data") or b"") for request in data]
         self.sizes = [b.shape[0] for b in batches]
-        return torch.cat(batches).to(self.device)
+        return torch.cat(batches)
 
     def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.softmax(self.model(data), dim=1).float().cpu()
+        return self.served.probabilities(data)
 
     def postprocess(self, data: torch.Tensor) -> list[bytes]:
         return [pack(part) for part in torch.split(data, self.sizes)]

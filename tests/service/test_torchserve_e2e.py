@@ -16,6 +16,7 @@ from service.app import create_app
 from service.backends.torchserve_process import find_java_home, torchserve_executable
 from service.config import Settings
 from service.images import image_to_tensor
+from tests.service.conftest import SPEC as TINY
 from tests.service.conftest import convert_form, png_bytes
 from tests.support import randomize_
 
@@ -45,6 +46,23 @@ def settings(tmp_path: Path) -> Settings:
         batch_size=4,
         max_batch_delay_ms=20,
     )
+
+
+def check_reduced_precision_worker(client: TestClient, tmp_path: Path) -> None:
+    """A version registered with bf16 serving options is run in bfloat16 by its TorchServe worker."""
+    model = randomize_(build_train_model(TINY), seed=3).eval()
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    form = convert_form(checkpoint, name="tiny16", spec=TINY, serving='{"precision": "bf16"}')
+    assert client.post("/convert", **form).status_code == 201
+    image = png_bytes(40, 40, seed=6)
+    answer = client.post("/predict/tiny16?top_k=4", content=image, headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    with torch.no_grad():
+        x = image_to_tensor(image, TINY["preprocess"], 3).double()
+        expected = torch.softmax(model.double()(x), dim=1)[0]
+    error = max(abs(p["probability"] - float(expected[p["index"]])) for p in answer.json()["predictions"][0])
+    assert 1e-6 < error < 5e-2  # bfloat16 rounding: visible, but small
 
 
 def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> None:
@@ -93,6 +111,7 @@ def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> No
         metrics = client.get("/metrics").text
         assert 'reparam_predict_latency_seconds_count{model="a0",version="1"} 18.0' in metrics
         assert 'reparam_predict_backend_latency_seconds_count{model="a0",version="1"} 18.0' in metrics
+        check_reduced_precision_worker(client, tmp_path)
 
     with TestClient(
         create_app(settings)

@@ -9,6 +9,7 @@ import torch
 from reparam_core.artifacts import write_artifacts
 from reparam_core.build import build_train_model
 from reparam_core.convert import convert
+from reparam_core.serving import SERVING_FILE, ServingOptions
 from service.backends.wire import pack, unpack
 from service.torchserve_handler.handler import ReparamHandler
 from tests.service.conftest import SPEC
@@ -17,7 +18,7 @@ from tests.support import randomize_
 
 class FakeContext:
     def __init__(self, model_dir: Path) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 4}
 
 
 def test_batched_requests_get_their_own_rows_in_order(tmp_path: Path) -> None:
@@ -34,3 +35,18 @@ def test_batched_requests_get_their_own_rows_in_order(tmp_path: Path) -> None:
     got = torch.cat([unpack(o) for o in outputs])
     assert [unpack(o).shape[0] for o in outputs] == [2, 3]
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_serving_json_in_the_archive_is_applied(tmp_path: Path) -> None:
+    result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())
+    write_artifacts(result, tmp_path / "model", export=False)
+    (tmp_path / "model" / SERVING_FILE).write_text('{"precision": "bf16", "channels_last": true}')
+    handler = ReparamHandler()
+    handler.initialize(FakeContext(tmp_path / "model"))
+    assert handler.served.options == ServingOptions(precision="bf16", channels_last=True)
+    weight = next(p for p in handler.served.eager.parameters() if p.ndim == 4)
+    assert weight.dtype == torch.bfloat16 and weight.is_contiguous(memory_format=torch.channels_last)
+    outputs = handler.postprocess(
+        handler.inference(handler.preprocess([{"body": pack(torch.randn(2, 3, 32, 32))}]))
+    )
+    assert unpack(outputs[0]).dtype == torch.float32 and unpack(outputs[0]).shape == (2, 4)

@@ -1,0 +1,164 @@
+"""How a deploy net is run when served: precision, memory format, grad mode, compilation, warm-up.
+
+Chosen per model version when it is registered (:class:`ServingOptions`) and applied the same way
+by every backend through :class:`ServingModel`. A version is only marked ready after its warm-up,
+so the first request never pays for cuDNN autotuning or ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from .errors import SpecError, describe_validation_error
+from .validate import EquivalenceReport, random_input
+
+Precision = Literal["fp32", "fp16", "bf16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ServingOptions(BaseModel):
+    """Per-version serving fast paths.
+
+    ``precision``: weights and activations in float32, float16 or bfloat16 (reduced precision pays
+    off on CUDA; most CPUs run it slower than float32). ``channels_last``: NHWC memory format
+    (faster on CPU oneDNN and on tensor cores). ``inference_mode``: ``torch.inference_mode`` rather
+    than ``torch.no_grad``. ``compile``: ``torch.compile`` with ``compile_mode`` (needs a C++
+    compiler on CPU; the time it takes is reported). ``warmup_iterations``: forward passes per
+    warm-up batch size before the version is marked ready.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Precision = "fp32"
+    channels_last: bool = True
+    inference_mode: bool = True
+    compile: bool = False
+    compile_mode: CompileMode = "default"
+    warmup_iterations: int = Field(default=2, ge=0, le=100)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+def parse_serving(value: ServingOptions | dict[str, Any] | str | None) -> ServingOptions:
+    """Serving options from JSON text, a dict, or None (the defaults); ``SpecError`` names bad fields."""
+    if isinstance(value, ServingOptions):
+        return value
+    try:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return ServingOptions()
+        if isinstance(value, str):
+            return ServingOptions.model_validate_json(value)
+        return ServingOptions.model_validate(value)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc, "serving")) from None
+
+
+class ServingReport(BaseModel):
+    """The serving configuration checked at conversion: its error against the float64 training net
+    (``equivalence``), the training net's own error in the same precision (the baseline the bound
+    is derived from), and what preparing it cost."""
+
+    options: ServingOptions
+    device: str
+    equivalence: EquivalenceReport
+    train_same_precision: EquivalenceReport
+    compile_seconds: float | None
+    warmup_seconds: float
+
+
+class ServingModel:
+    """A deploy net prepared for serving (``model`` is moved and cast in place: pass a net this
+    object may own). ``logits(batch)`` runs it in the serving precision;
+    ``probabilities(batch)`` returns float32 softmax rows on the CPU. Safe to call from several
+    threads (a compiled net is called under a lock, so guards and recompiles never interleave)."""
+
+    def __init__(self, model: nn.Module, options: ServingOptions, device: torch.device | str) -> None:
+        self.options = options
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        prepared = model.eval().to(device=self.device, dtype=options.dtype)
+        if options.channels_last:
+            prepared = prepared.to(memory_format=torch.channels_last)
+        self.eager = prepared
+        self.module: Any = (
+            torch.compile(prepared, mode=options.compile_mode, dynamic=None) if options.compile else prepared
+        )
+        self._lock = threading.Lock() if options.compile else contextlib.nullcontext()
+        self.compile_seconds: float | None = None
+        self.warmup_seconds = 0.0
+
+    def _mode(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.inference_mode() if self.options.inference_mode else torch.no_grad()
+
+    def logits(self, batch: Tensor) -> Tensor:
+        x = batch.to(device=self.device, dtype=self.options.dtype, non_blocking=True)
+        x = x.contiguous(memory_format=self.memory_format)
+        with self._lock, self._mode():
+            return self.module(x)
+
+    def probabilities(self, batch: Tensor) -> Tensor:
+        logits = self.logits(batch)
+        with self._mode():
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+    def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: Iterable[int]) -> None:
+        """Run ``warmup_iterations`` passes at each batch size (all of them compile, when compiling)."""
+        sizes = sorted(set(batch_sizes))
+        iterations = max(self.options.warmup_iterations, 1 if self.options.compile else 0)
+        start = time.perf_counter()
+        first_calls = 0.0
+        for size in sizes:
+            x = random_input((size, *sample_shape)).float()
+            for i in range(iterations):
+                call = time.perf_counter()
+                self.logits(x)
+                _synchronize(self.device)
+                if i == 0:
+                    first_calls += time.perf_counter() - call
+        self.warmup_seconds = round(time.perf_counter() - start, 6)
+        if self.options.compile:
+            self.compile_seconds = round(first_calls, 6)
+
+
+def prepare_for_serving(
+    model: nn.Module,
+    options: ServingOptions,
+    device: torch.device | str,
+    sample_shape: tuple[int, int, int],
+    batch_sizes: Iterable[int] = (1,),
+) -> ServingModel:
+    """Apply ``options`` to ``model`` on ``device`` and warm it up at ``batch_sizes``."""
+    served = ServingModel(model, options, device)
+    served.warm_up(sample_shape, batch_sizes)
+    return served
+
+
+def exact_fp32() -> None:
+    """Make float32 serving true float32 in this process: cuDNN convs and matmuls use TF32 by
+    default on Ampere and newer GPUs, which is not what the conversion checked. Reduced precision
+    is asked for explicitly (``precision``: fp16/bf16)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes a backend warms up with: 1 and its largest batch (a compiled net gets a graph
+    specialised to 1 and a dynamic-batch graph that serves every other size)."""
+    return (1, max_batch) if max_batch > 1 else (1,)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
