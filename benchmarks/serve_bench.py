@@ -1,16 +1,19 @@
 """/predict latency and throughput through TorchServe vs the in-process backend, plus the model alone.
 
 Starts `reparam serve` as a subprocess per backend (fresh data folder, free ports), converts a
-RepVGG-A0 checkpoint (random weights, realistic BN statistics), then sends PNG images (224x224
-after preprocessing) at 1, 8 and 32 concurrent clients. Client-side latency p50/p95/p99 and
-throughput are reported, with the service's own Server-Timing split (backend part vs overhead:
-total minus backend, as the service measures it) and the client's latency minus the backend part
-(adds HTTP parsing and the client). The baseline ("model alone") calls the deploy net prepared
-with the default serving options directly, in this process, at batch 1, 8 and 32; the summary
-divides TorchServe's throughput at the highest concurrency by the best batched model throughput.
+RepVGG-A0 checkpoint (random weights, realistic BN statistics), then sends a real photograph
+(scikit-image's 451x300 "chelsea", as JPEG or PNG; 224x224 after preprocessing) from 1, 8 and 32
+concurrent clients. Reported: client-side latency p50/p95/p99 and throughput; the service's own
+Server-Timing split (overhead = total minus backend, as the service measures it); the client's
+latency minus the backend part (adds HTTP parsing and the client); CPU milliseconds per request
+of the client, the service process and TorchServe (JVM + workers). The baseline ("model alone")
+calls the deploy net prepared with the default serving options directly, in this process, at
+batch 1, 8 and 32; the summary divides each backend's throughput at the highest concurrency by
+the best batched model throughput.
 
 Usage: python benchmarks/serve_bench.py [--requests 200] [--concurrency 1 8 32]
-                                        [--backends torchserve inprocess]
+                                        [--backends torchserve inprocess] [--image jpeg|png]
+Writes benchmarks/results/serve_bench_cpu_<image>.json.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import torch
 from _common import environment, write_json
 from PIL import Image
@@ -45,10 +47,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def image() -> bytes:
+def image(fmt: str) -> bytes:
+    from skimage import data
+
     buffer = io.BytesIO()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(data.chelsea()).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
 
 
@@ -58,14 +61,41 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": pick(0.5) * 1e3, "p95_ms": pick(0.95) * 1e3, "p99_ms": pick(0.99) * 1e3}
 
 
+def cpu_seconds(root: int) -> dict[str, float]:
+    """CPU time (user + system) of the service process and, apart, of all its descendants
+    (TorchServe's launcher, JVM and workers), from /proc; empty where there is no /proc."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    if root not in stats:
+        return {}
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    below, stack = 0.0, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        below += stats[pid][1]
+        stack += children.get(pid, [])
+    return {"service": stats[root][1], "descendants": below}
+
+
 def server_timing(header: str) -> dict[str, float]:
     parts = (p.strip().split(";dur=") for p in header.split(","))
     return {name: float(value) for name, value in parts}
 
 
-async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[str, Any]:
+async def load(
+    url: str, body: bytes, media: str, requests: int, concurrency: int, server: int = 0
+) -> dict[str, Any]:
     latencies: list[float] = []
     backend_ms: list[float] = []
+    decode_ms: list[float] = []
     overhead_ms: list[float] = []
     outside_ms: list[float] = []
     queue = list(range(requests))
@@ -75,17 +105,21 @@ async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[s
             while queue:
                 queue.pop()
                 start = time.perf_counter()
-                response = await client.post(url, content=body, headers={"Content-Type": "image/png"})
+                response = await client.post(url, content=body, headers={"Content-Type": media})
                 latencies.append(time.perf_counter() - start)
                 response.raise_for_status()
                 timing = server_timing(response.headers["Server-Timing"])
                 backend_ms.append(timing["backend"])
+                decode_ms.append(timing["decode"])
                 overhead_ms.append(timing["total"] - timing["backend"])
                 outside_ms.append(latencies[-1] * 1e3 - timing["backend"])
 
+        cpu_before, client_before = cpu_seconds(server), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu_after, client_after = cpu_seconds(server), time.process_time()
+    cpu_ms = {f"{k}_cpu_ms_per_request": (cpu_after[k] - cpu_before[k]) * 1e3 / requests for k in cpu_after}
     return {
         "concurrency": concurrency,
         "requests": requests,
@@ -93,7 +127,10 @@ async def load(url: str, body: bytes, requests: int, concurrency: int) -> dict[s
         **percentiles(latencies),
         "server_backend_p50_ms": statistics.median(backend_ms),
         "server_overhead_p50_ms": statistics.median(overhead_ms),
+        "server_decode_p50_ms": statistics.median(decode_ms),
         "client_minus_backend_p50_ms": statistics.median(outside_ms),
+        "client_cpu_ms_per_request": (client_after - client_before) * 1e3 / requests,
+        **cpu_ms,
     }
 
 
@@ -156,13 +193,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--backends", nargs="+", default=["torchserve", "inprocess"])
+    parser.add_argument("--image", choices=["jpeg", "png"], default="jpeg")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from reparam_core.build import build_train_model
     from tests.support import randomize_
 
-    body = image()
-    results: dict[str, Any] = {"environment": environment(), "spec": SPEC, "backends": {}}
+    fmt = args.image.upper()
+    body, media = image(fmt), f"image/{args.image}"
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "spec": SPEC,
+        "image": {"format": fmt, "bytes": len(body), "source": "skimage.data.chelsea() 451x300"},
+        "backends": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "a0.pth"
         torch.save(randomize_(build_train_model(SPEC)).eval().state_dict(), checkpoint)
@@ -181,8 +225,11 @@ def main() -> None:
                     )
                 response.raise_for_status()
                 url = f"{base}/predict/a0"
-                asyncio.run(load(url, body, 20, 4))  # warm-up
-                rows = [asyncio.run(load(url, body, args.requests, c)) for c in args.concurrency]
+                asyncio.run(load(url, body, media, 20, 4))  # warm-up
+                rows = [
+                    asyncio.run(load(url, body, media, args.requests, c, server.pid))
+                    for c in args.concurrency
+                ]
                 results["backends"][backend] = rows
             finally:
                 server.terminate()
@@ -192,12 +239,16 @@ def main() -> None:
     results["summary"] = {
         backend: {
             "overhead_p50_ms_at_1_client": rows[0]["server_overhead_p50_ms"],
+            "decode_p50_ms_at_1_client": rows[0]["server_decode_p50_ms"],
             "throughput_vs_model_alone": rows[-1]["throughput_rps"] / best,
         }
         for backend, rows in results["backends"].items()
     }
-    path = write_json("serve_bench_cpu.json", results)
-    print(f"/predict, RepVGG-A0, PNG -> 224x224, {args.requests} requests per row ({path.name})")
+    path = write_json(f"serve_bench_cpu_{args.image}.json", results)
+    print(
+        f"/predict, RepVGG-A0, {fmt} photo ({len(body)} bytes) -> 224x224, {args.requests} requests per row"
+    )
+    print(f"({path.name})")
     columns = ("backend", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "overhead p50", "client-backend")
     print("{:11} {:>7} {:>8} {:>8} {:>8} {:>7} {:>13} {:>15}".format(*columns))
     for backend, rows in results["backends"].items():
@@ -219,7 +270,8 @@ def main() -> None:
         print(f"model alone batch {r['batch']:3d}: {r['p50_ms']:.1f} ms, {r['images_per_s']:.1f} images/s")
     for backend, summary in results["summary"].items():
         print(
-            f"{backend}: overhead p50 at 1 client {summary['overhead_p50_ms_at_1_client']:.2f} ms, "
+            f"{backend}: overhead p50 at 1 client {summary['overhead_p50_ms_at_1_client']:.2f} ms "
+            f"(of which decode {summary['decode_p50_ms_at_1_client']:.2f} ms), "
             f"throughput at {args.concurrency[-1]} clients = "
             f"{summary['throughput_vs_model_alone']:.0%} of the model alone (best batch)"
         )

@@ -307,9 +307,7 @@ def _serving_check(
             reference = model.double()(x)
             baseline = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
             model.double()
-        served = prepare_for_serving(
-            copy.deepcopy(stored), options, device, deploy_spec.sample_shape(), (1, shape[0])
-        )
+        served = prepare_for_serving(copy.deepcopy(stored), deploy_spec, options, device, (1, shape[0]))
         output = served.logits(x.float())
     bound = max(SERVING_FLOORS[dtype], FP32_SLACK * baseline.max_rel_error)
     return ServingReport(

@@ -108,6 +108,10 @@ class DeploySpec(BaseModel):
         except ValidationError as exc:
             raise SpecError(describe_validation_error(exc, "deploy spec")) from None
 
+    def preprocess(self) -> dict[str, Any]:
+        """The training spec's image preprocessing (resize, crop, mean, std); empty when unknown."""
+        return dict(self.meta.get("arch_spec", {}).get("preprocess") or {})
+
     def sample_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one input: the training spec's input size (224x224 when it has none)."""
         h, w = self.meta.get("arch_spec", {}).get("input_size", (224, 224))

@@ -2,7 +2,10 @@
 
 Chosen per model version when it is registered (:class:`ServingOptions`) and applied the same way
 by every backend through :class:`ServingModel`. A version is only marked ready after its warm-up,
-so the first request never pays for cuDNN autotuning or ``torch.compile``.
+so the first request never pays for cuDNN autotuning or ``torch.compile``. Served nets take
+either preprocessed float batches ``[N, C, H, W]`` or raw ``uint8`` pixels ``[N, H, W, C]``, which
+they normalise themselves (:class:`PixelNormaliser`): a quarter of the bytes on the wire, and the
+arithmetic done where the model runs.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from .errors import SpecError, describe_validation_error
+from .plain import DeploySpec
 from .validate import EquivalenceReport, random_input
 
 Precision = Literal["fp32", "fp16", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -78,15 +83,40 @@ class ServingReport(BaseModel):
     warmup_seconds: float
 
 
+class PixelNormaliser:
+    """``uint8`` pixels ``[N, H, W, C]`` -> ``(p / 255 - mean) / std`` as float32 ``[N, C, H, W]``
+    (one multiply-add per value; the result is a channels_last view of the pixel layout)."""
+
+    def __init__(self, preprocess: dict[str, Any], channels: int, device: torch.device | str = "cpu") -> None:
+        mean = torch.tensor(preprocess.get("mean", IMAGENET_MEAN)[:channels], dtype=torch.float64)
+        std = torch.tensor(preprocess.get("std", IMAGENET_STD)[:channels], dtype=torch.float64)
+        self.gain = (1.0 / (255.0 * std)).float().to(device)
+        self.offset = (-mean / std).float().to(device)
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[3] != self.gain.numel():
+            expected = f"uint8 pixels [N, H, W, {self.gain.numel()}]"
+            raise ValueError(f"expected {expected}, got {pixels.dtype} {list(pixels.shape)}")
+        pixels = pixels.to(self.gain.device, non_blocking=True)
+        return torch.addcmul(self.offset, pixels, self.gain).permute(0, 3, 1, 2)
+
+
 class ServingModel:
     """A deploy net prepared for serving (``model`` is moved and cast in place: pass a net this
     object may own). ``logits(batch)`` runs it in the serving precision;
     ``probabilities(batch)`` returns float32 softmax rows on the CPU. Safe to call from several
     threads (a compiled net is called under a lock, so guards and recompiles never interleave)."""
 
-    def __init__(self, model: nn.Module, options: ServingOptions, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        options: ServingOptions,
+        device: torch.device | str,
+        normaliser: PixelNormaliser | None = None,
+    ) -> None:
         self.options = options
         self.device = torch.device(device)
+        self.normaliser = normaliser
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         prepared = model.eval().to(device=self.device, dtype=options.dtype)
         if options.channels_last:
@@ -102,9 +132,18 @@ class ServingModel:
     def _mode(self) -> contextlib.AbstractContextManager[Any]:
         return torch.inference_mode() if self.options.inference_mode else torch.no_grad()
 
+    def model_input(self, batch: Tensor) -> Tensor:
+        """A float batch, or uint8 pixels normalised, on the device in the serving dtype and layout."""
+        with self._mode():
+            if batch.dtype == torch.uint8:
+                if self.normaliser is None:
+                    raise ValueError("this served net was prepared without pixel normalisation")
+                batch = self.normaliser(batch)
+            x = batch.to(device=self.device, dtype=self.options.dtype, non_blocking=True)
+            return x.contiguous(memory_format=self.memory_format)
+
     def logits(self, batch: Tensor) -> Tensor:
-        x = batch.to(device=self.device, dtype=self.options.dtype, non_blocking=True)
-        x = x.contiguous(memory_format=self.memory_format)
+        x = self.model_input(batch)
         with self._lock, self._mode():
             return self.module(x)
 
@@ -112,6 +151,15 @@ class ServingModel:
         logits = self.logits(batch)
         with self._mode():
             return torch.softmax(logits.float(), dim=1).cpu()
+
+    def answer_each(self, batches: list[Tensor]) -> list[Tensor]:
+        """Probabilities for several requests' batches: one forward pass over all of them (or one
+        per request when their image sizes differ), split back into each request's rows."""
+        inputs = [self.model_input(batch) for batch in batches]
+        if len({x.shape[1:] for x in inputs}) > 1:
+            return [self.probabilities(x) for x in inputs]
+        together = self.probabilities(torch.cat(inputs))
+        return list(torch.split(together, [x.shape[0] for x in inputs]))
 
     def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: Iterable[int]) -> None:
         """Run ``warmup_iterations`` passes at each batch size (all of them compile, when compiling)."""
@@ -134,14 +182,16 @@ class ServingModel:
 
 def prepare_for_serving(
     model: nn.Module,
+    spec: DeploySpec,
     options: ServingOptions,
     device: torch.device | str,
-    sample_shape: tuple[int, int, int],
     batch_sizes: Iterable[int] = (1,),
 ) -> ServingModel:
-    """Apply ``options`` to ``model`` on ``device`` and warm it up at ``batch_sizes``."""
-    served = ServingModel(model, options, device)
-    served.warm_up(sample_shape, batch_sizes)
+    """Apply ``options`` to ``model`` (built from ``spec``) on ``device``, with the spec's pixel
+    normalisation, and warm it up at ``batch_sizes``."""
+    normaliser = PixelNormaliser(spec.preprocess(), spec.in_channels, device)
+    served = ServingModel(model, options, device, normaliser)
+    served.warm_up(spec.sample_shape(), batch_sizes)
     return served
 
 

@@ -1,4 +1,4 @@
-"""Turning request bodies into model input: image decoding + the spec's preprocessing, or JSON tensors."""
+"""Turning request bodies into model input: decoded, resized and cropped images, or JSON tensors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import binascii
 import io
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
@@ -24,13 +25,18 @@ def decode_base64_image(text: str) -> bytes:
         raise BadInput("image: not URL-safe base64") from None
 
 
-def image_to_tensor(data: bytes, preprocess: dict[str, Any], in_channels: int) -> Tensor:
-    """Decode PNG/JPEG, resize the shorter side, centre-crop, scale to [0, 1], normalise: ``[1, C, S, S]``."""
+def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -> Tensor:
+    """Decode PNG/JPEG, resize the shorter side, centre-crop: uint8 pixels ``[1, S, S, C]``.
+
+    The served net normalises them (``reparam_core.serving.PixelNormaliser``): four times fewer
+    bytes travel to the backend than as float input."""
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_PIXELS:
             raise BadInput(f"image of {image.width}x{image.height} pixels is too large")
-        image = image.convert("RGB" if in_channels == 3 else "L")
+        image.load()
+        mode = "RGB" if in_channels == 3 else "L"
+        image = image if image.mode == mode else image.convert(mode)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise BadInput("image: cannot decode as PNG or JPEG") from None
     resize, crop = int(preprocess.get("resize", 256)), int(preprocess.get("crop", 224))
@@ -39,13 +45,7 @@ def image_to_tensor(data: bytes, preprocess: dict[str, Any], in_channels: int) -
     image = image.resize(size, Image.Resampling.BILINEAR)
     left, top = (image.width - crop) // 2, (image.height - crop) // 2
     image = image.crop((left, top, left + crop, top + crop))
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(crop, crop, in_channels)
-    mean = torch.tensor(preprocess.get("mean", (0.485, 0.456, 0.406))[:in_channels], dtype=torch.float64)
-    std = torch.tensor(preprocess.get("std", (0.229, 0.224, 0.225))[:in_channels], dtype=torch.float64)
-    # (p / 255 - mean) / std as one multiply-add per value; the H, W, C buffer viewed as
-    # [1, C, H, W] is already in the channels_last memory format the served nets use.
-    gain, offset = (1.0 / (255.0 * std)).float(), (-mean / std).float()
-    return torch.addcmul(offset, pixels.float(), gain).permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(np.array(image, dtype=np.uint8).reshape(1, crop, crop, in_channels))
 
 
 def json_to_tensor(inputs: Any, in_channels: int, max_elements: int) -> Tensor:

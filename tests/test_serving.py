@@ -88,7 +88,7 @@ def test_compiled_serving_reports_compile_time_and_matches_eager(state: dict[str
     assert serving is not None and serving.equivalence.passed
     assert serving.compile_seconds is not None and serving.compile_seconds > 0
     assert serving.warmup_seconds >= serving.compile_seconds
-    served = prepare_for_serving(result.deploy_model, serving.options, "cpu", (3, 32, 24), (1, 4))
+    served = prepare_for_serving(result.deploy_model, result.deploy_spec, serving.options, "cpu", (1, 4))
     x = torch.randn(3, 3, 32, 24)  # a batch size not warmed up: served by the dynamic-batch graph
     eager = ServingModel(result.deploy_model, ServingOptions(), "cpu").logits(x)
     assert compare_outputs(eager, served.logits(x))["max_rel_error"] < 1e-5

@@ -12,7 +12,8 @@ from reparam_core.serving import ServingOptions
 
 class InferenceBackend(Protocol):
     """``register`` loads a version prepared as ``serving`` says and returns once it is warmed up;
-    ``predict``: softmax probabilities ``[N, classes]`` for a preprocessed batch ``[N, C, H, W]``."""
+    ``predict``: softmax probabilities ``[N, classes]`` for a preprocessed float batch
+    ``[N, C, H, W]`` or uint8 pixels ``[N, H, W, C]`` (normalised by the served net)."""
 
     name: str
 

@@ -97,7 +97,7 @@ class TorchServeBackend:
         url = f"{self.inference_url}/predictions/{archive_name(name, version)}"
         try:
             response = await self.client.post(
-                url, content=wire.pack(batch.float()), headers={"Content-Type": wire.CONTENT_TYPE}
+                url, content=wire.pack(batch), headers={"Content-Type": wire.CONTENT_TYPE}
             )
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"TorchServe unreachable: {exc}") from None

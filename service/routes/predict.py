@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
 from ..errors import BadInput, NotFound, UnsupportedMedia
-from ..images import IMAGE_TYPES, decode_base64_image, image_to_tensor, json_to_tensor
+from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
 
 router = APIRouter(tags=["predict"])
 MAX_TOP_K = 100
@@ -88,7 +88,7 @@ async def predict_get(
 ) -> JSONResponse:
     started = time.perf_counter()
     data = decode_base64_image(image)
-    decode = lambda spec: image_to_tensor(data, spec["preprocess"], spec["in_channels"])  # noqa: E731
+    decode = lambda spec: image_to_pixels(data, spec["preprocess"], spec["in_channels"])  # noqa: E731
     return await _answer(name, version, top_k, decode, started, versions, backend, metrics)
 
 
@@ -121,7 +121,7 @@ async def predict_post(
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await request.body()
     if media in IMAGE_TYPES:
-        decode = lambda spec: image_to_tensor(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
+        decode = lambda spec: image_to_pixels(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
     elif media == "application/json":
         try:
             payload = json.loads(body)

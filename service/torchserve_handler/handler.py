@@ -4,9 +4,10 @@ The .mar carries ``model.safetensors``, ``deploy_spec.json`` and ``serving.json`
 serving options); the worker runs in the Python environment that has ``reparam_core`` installed,
 rebuilds the plain net from the spec alone, prepares it as ``serving.json`` says and warms it up
 at batch size 1 and at TorchServe's batch size before the worker reports ready.
-Each request body is a batch ``[n, C, H, W]`` (safetensors bytes); with TorchServe batching the
-handler gets several requests, runs them as one batch and answers each with its own rows of the
-softmax probabilities, in order.
+Each request body is one tensor (safetensors bytes): uint8 pixels ``[n, H, W, C]``, normalised
+here, or a preprocessed float batch ``[n, C, H, W]``. With TorchServe batching the handler gets
+several requests, runs them as one batch (or one by one, when their image sizes differ) and
+answers each with its own rows of the softmax probabilities, in order.
 """
 
 from __future__ import annotations
@@ -40,19 +41,14 @@ class ReparamHandler(BaseHandler):
         exact_fp32()
         model, spec = load_artifacts(model_dir, self.device)
         sizes = warmup_batch_sizes(int(properties.get("batch_size") or 1))
-        self.served: ServingModel = prepare_for_serving(
-            model, options, self.device, spec.sample_shape(), sizes
-        )
-        self.sizes: list[int] = []
+        self.served: ServingModel = prepare_for_serving(model, spec, options, self.device, sizes)
         self.initialized = True
 
-    def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
-        batches = [unpack(request.get("body") or request.get("data") or b"") for request in data]
-        self.sizes = [b.shape[0] for b in batches]
-        return torch.cat(batches)
+    def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor]:
+        return [unpack(request.get("body") or request.get("data") or b"") for request in data]
 
-    def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.served.probabilities(data)
+    def inference(self, data: list[torch.Tensor], *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        return self.served.answer_each(data)
 
-    def postprocess(self, data: torch.Tensor) -> list[bytes]:
-        return [pack(part) for part in torch.split(data, self.sizes)]
+    def postprocess(self, data: list[torch.Tensor]) -> list[bytes]:
+        return [pack(part) for part in data]

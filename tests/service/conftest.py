@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from reparam_core.build import build_train_model
+from reparam_core.serving import PixelNormaliser
 from service.app import create_app
 from service.config import Settings
+from service.images import image_to_pixels
 from tests.support import randomize_
 
 SPEC = {
@@ -39,6 +41,11 @@ def png_bytes(width: int = 48, height: int = 40, seed: int = 0, fmt: str = "PNG"
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def model_input(image: bytes, preprocess: dict, channels: int = 3) -> torch.Tensor:
+    """What a served net computes from an image: the service's pixels, normalised as it does."""
+    return PixelNormaliser(preprocess, channels)(image_to_pixels(image, preprocess, channels))
 
 
 def convert_form(checkpoint: Path, name: str = "tiny", spec: dict = SPEC, **extra: str) -> dict:

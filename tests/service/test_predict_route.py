@@ -13,8 +13,7 @@ from reparam_core.build import build_train_model
 from service.app import create_app
 from service.config import Settings
 from service.errors import BackendUnavailable
-from service.images import image_to_tensor
-from tests.service.conftest import SPEC, convert_form, png_bytes
+from tests.service.conftest import SPEC, convert_form, model_input, png_bytes
 from tests.support import randomize_
 
 
@@ -37,7 +36,7 @@ def test_png_prediction_matches_the_training_model(served: TestClient) -> None:
     body = response.json()
     assert body["model"] == "tiny" and body["version"] == 1
     predictions = body["predictions"][0]
-    expected = training_probabilities(image_to_tensor(image, SPEC["preprocess"], 3))[0]
+    expected = training_probabilities(model_input(image, SPEC["preprocess"], 3))[0]
     assert predictions[0]["index"] == int(expected.argmax())
     assert predictions[0]["label"] == SPEC["labels"][predictions[0]["index"]]
     for item in predictions:

@@ -11,16 +11,17 @@ from fastapi.testclient import TestClient
 from reparam_core.serving import ServingOptions
 from service.app import create_app
 from service.config import Settings
-from service.images import image_to_tensor
 from service.store import MetadataStore
-from tests.service.conftest import SPEC, convert_form, png_bytes
+from tests.service.conftest import SPEC, convert_form, model_input, png_bytes
 from tests.service.test_predict_route import training_probabilities
 
 BF16 = '{"precision": "bf16", "channels_last": false}'
 
 
 def served_options(client: TestClient, name: str, version: int) -> ServingOptions:
-    return client.app.state.backend._models[(name, version)].options  # type: ignore[attr-defined]
+    served = client.app.state.backend.served(name, version)  # type: ignore[attr-defined]
+    assert served is not None
+    return served.options
 
 
 def test_options_are_part_of_the_version(client: TestClient, checkpoint: Path) -> None:
@@ -46,7 +47,7 @@ def test_predictions_come_from_the_reduced_precision_net(client: TestClient, che
     image = png_bytes()
     response = client.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
     assert response.status_code == 200
-    expected = training_probabilities(image_to_tensor(image, SPEC["preprocess"], 3))[0]
+    expected = training_probabilities(model_input(image, SPEC["preprocess"], 3))[0]
     got = torch.zeros(4)
     for item in response.json()["predictions"][0]:
         got[item["index"]] = item["probability"]

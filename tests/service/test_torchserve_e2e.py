@@ -15,9 +15,8 @@ from reparam_core.build import build_train_model
 from service.app import create_app
 from service.backends.torchserve_process import find_java_home, torchserve_executable
 from service.config import Settings
-from service.images import image_to_tensor
 from tests.service.conftest import SPEC as TINY
-from tests.service.conftest import convert_form, png_bytes
+from tests.service.conftest import convert_form, model_input, png_bytes
 from tests.support import randomize_
 
 pytestmark = pytest.mark.skipif(
@@ -59,7 +58,7 @@ def check_reduced_precision_worker(client: TestClient, tmp_path: Path) -> None:
     answer = client.post("/predict/tiny16?top_k=4", content=image, headers={"Content-Type": "image/png"})
     assert answer.status_code == 200, answer.text
     with torch.no_grad():
-        x = image_to_tensor(image, TINY["preprocess"], 3).double()
+        x = model_input(image, TINY["preprocess"], 3).double()
         expected = torch.softmax(model.double()(x), dim=1)[0]
     error = max(abs(p["probability"] - float(expected[p["index"]])) for p in answer.json()["predictions"][0])
     assert 1e-6 < error < 5e-2  # bfloat16 rounding: visible, but small
@@ -76,7 +75,7 @@ def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> No
         # Reference: the training net in float64. The served fp32 deploy net and the fp32 training net
         # both sit within fp32 rounding of it (a random net amplifies rounding to ~1e-5 in probabilities).
         with torch.no_grad():
-            x = image_to_tensor(sent, {"resize": 256, "crop": 224}, 3).double()
+            x = model_input(sent, {"resize": 256, "crop": 224}, 3).double()
             expected = torch.softmax(model.double()(x), dim=1)[0]
             fp32_error = (torch.softmax(model.float()(x.float()), dim=1)[0] - expected).abs().max().item()
         top = body["predictions"][0]

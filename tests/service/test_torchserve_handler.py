@@ -9,7 +9,7 @@ import torch
 from reparam_core.artifacts import write_artifacts
 from reparam_core.build import build_train_model
 from reparam_core.convert import convert
-from reparam_core.serving import SERVING_FILE, ServingOptions
+from reparam_core.serving import SERVING_FILE, PixelNormaliser, ServingOptions
 from service.backends.wire import pack, unpack
 from service.torchserve_handler.handler import ReparamHandler
 from tests.service.conftest import SPEC
@@ -50,3 +50,19 @@ def test_serving_json_in_the_archive_is_applied(tmp_path: Path) -> None:
         handler.inference(handler.preprocess([{"body": pack(torch.randn(2, 3, 32, 32))}]))
     )
     assert unpack(outputs[0]).dtype == torch.float32 and unpack(outputs[0]).shape == (2, 4)
+
+
+def test_pixels_floats_and_other_sizes_in_one_batch(tmp_path: Path) -> None:
+    result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())
+    write_artifacts(result, tmp_path / "model", export=False)
+    handler = ReparamHandler()
+    handler.initialize(FakeContext(tmp_path / "model"))
+    pixels = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    floats, larger = torch.randn(2, 3, 32, 32), torch.randn(1, 3, 40, 36)
+    requests = [{"body": pack(t)} for t in (pixels, floats, larger)]
+    outputs = [unpack(o) for o in handler.postprocess(handler.inference(handler.preprocess(requests)))]
+    assert [o.shape for o in outputs] == [(1, 4), (2, 4), (1, 4)]
+    normalised = PixelNormaliser(SPEC["preprocess"], 3)(pixels)
+    with torch.no_grad():
+        for got, x in zip(outputs, (normalised, floats, larger), strict=True):
+            assert torch.allclose(got, torch.softmax(result.deploy_model(x), dim=1), atol=1e-6)
