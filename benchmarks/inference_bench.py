@@ -1,9 +1,16 @@
 """Deploy-form inference speed: training form vs our deploy net vs timm's reparameterized model.
 
-All three come from the same random weights (timm model -> its state dict -> our conversion), run
-eagerly in fp32 under torch.inference_mode, interleaved, in one process. On CUDA (when present)
-the same comparison runs in fp16 and bf16 with channels_last, our net also under torch.compile,
-and achieved TFLOP/s are reported (FLOPs counted with torch.utils.flop_counter).
+All nets come from the same random weights (timm model -> its state dict -> our conversion) and
+run eagerly under torch.inference_mode, interleaved, in one process.
+
+CPU, float32: the training form, our deploy net and timm's deploy net in the default (NCHW)
+layout; then our deploy net as served with the default serving options (channels_last) next to
+timm's deploy net given the same layout. Ratios compare like with like.
+
+CUDA (when present): float16 and bfloat16, channels_last, batch 1/8/64/256 - training form, timm's
+deploy net, our deploy net as served (``ServingModel``), and the same compiled with
+``torch.compile(mode="max-autotune")``; achieved TFLOP/s (FLOPs counted with
+torch.utils.flop_counter) next to the dense matmul peak measured on the same GPU.
 
 Usage: python benchmarks/inference_bench.py [--models A0 B1 B3 S0] [--batches 1 8 64] [--repeats 5]
 Writes benchmarks/results/inference_bench_<device>.json and prints the ratios.
@@ -12,7 +19,9 @@ Writes benchmarks/results/inference_bench_<device>.json and prints the ratios.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,15 +29,18 @@ from _common import MODELS, environment, timed, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 import reparam_core  # noqa: F401  (allocator option before torch allocates)
+from reparam_core.serving import ServingModel, ServingOptions
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+def flops(forward: Forward, x: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
+        forward(x)
     return int(counter.get_total_flops())
 
 
-def variants(key: str, device: str) -> dict[str, torch.nn.Module]:
+def nets(key: str) -> dict[str, torch.nn.Module]:
     import timm
     from timm.utils.model import reparameterize_model
 
@@ -38,28 +50,43 @@ def variants(key: str, device: str) -> dict[str, torch.nn.Module]:
     train = timm.create_model(timm_name).eval()
     ours = convert(spec, train.state_dict(), validate=False).deploy_model.eval()
     theirs = reparameterize_model(train).eval()
-    return {"train": train.to(device), "ours": ours.to(device), "timm": theirs.to(device)}
+    return {"train": train, "ours": ours, "timm": theirs}
 
 
-def bench(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, sync: bool) -> dict[str, float]:
+def channels_last(module: torch.nn.Module) -> Forward:
+    """``module`` in channels_last, fed the NCHW batch converted the way our served nets convert it."""
+    return lambda x: module(x.contiguous(memory_format=torch.channels_last))
+
+
+def bench(forwards: dict[str, Forward], x: torch.Tensor, repeats: int, sync: bool) -> dict[str, float]:
     with torch.inference_mode():
-        for model in models.values():  # warm-up (allocator, cuDNN autotuning, compile)
-            model(x)
-        samples: dict[str, list[float]] = {name: [] for name in models}
+        for forward in forwards.values():  # warm-up (allocator, cuDNN autotuning, compile)
+            forward(x)
+        samples: dict[str, list[float]] = {name: [] for name in forwards}
         for _ in range(repeats):
-            for name, model in models.items():
-                samples[name] += timed(lambda m=model: m(x), 1, sync)
+            for name, forward in forwards.items():
+                samples[name] += timed(lambda f=forward: f(x), 1, sync)
     return {name: statistics.median(t) for name, t in samples.items()}
 
 
 def run_cpu(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for key in args.models:
-        models = variants(key, "cpu")
+        base = nets(key)
+        served = ServingModel(copy.deepcopy(base["ours"]), ServingOptions(), "cpu")
+        forwards: dict[str, Forward] = {
+            "train": base["train"],
+            "ours": base["ours"],
+            "timm": base["timm"],
+            "ours_served": served.logits,
+            "timm_channels_last": channels_last(
+                copy.deepcopy(base["timm"]).to(memory_format=torch.channels_last)
+            ),
+        }
         for batch in args.batches:
             x = torch.randn(batch, 3, 224, 224)
             repeats = args.repeats if batch * (3 if key == "B3" else 1) <= 8 else max(2, args.repeats // 2)
-            t = bench(models, x, repeats, sync=False)
+            t = bench(forwards, x, repeats, sync=False)
             rows.append(
                 {
                     "model": key,
@@ -68,37 +95,62 @@ def run_cpu(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "seconds": t,
                     "ours_vs_timm": t["timm"] / t["ours"],
                     "ours_vs_train": t["train"] / t["ours"],
-                    "images_per_s_ours": batch / t["ours"],
+                    "served_vs_timm_channels_last": t["timm_channels_last"] / t["ours_served"],
+                    "served_vs_train": t["train"] / t["ours_served"],
+                    "images_per_s_served": batch / t["ours_served"],
                 }
             )
-            ms = {name: f"{seconds * 1e3:9.1f} ms" for name, seconds in t.items()}
-            speed = f"ours/timm {rows[-1]['ours_vs_timm']:.2f}x  ours/train {rows[-1]['ours_vs_train']:.2f}x"
-            line = f"{key:3} batch {batch:3d}: train {ms['train']}  ours {ms['ours']}  timm {ms['timm']}"
-            print(f"{line}  {speed}", flush=True)
+            r = rows[-1]
+            print(
+                f"{key:3} batch {batch:3d}: "
+                + "  ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in t.items())
+                + f"  | ours/timm {r['ours_vs_timm']:.2f}x,"
+                f" served/timm-cl {r['served_vs_timm_channels_last']:.2f}x,"
+                f" served/train {r['served_vs_train']:.2f}x",
+                flush=True,
+            )
     return rows
 
 
-def run_cuda(args: argparse.Namespace) -> list[dict[str, Any]]:
+def matmul_peak(dtype: torch.dtype, size: int = 8192, repeats: int = 20) -> float:
+    """Dense matmul TFLOP/s on this GPU in ``dtype`` (the ceiling the conv numbers are read against)."""
+    a = torch.randn(size, size, device="cuda", dtype=dtype)
+    b = torch.randn(size, size, device="cuda", dtype=dtype)
+    a @ b
+    seconds = statistics.median(timed(lambda: a @ b, repeats, sync=True))
+    return 2 * size**3 / seconds / 1e12
+
+
+def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
+    peaks = {str(d).removeprefix("torch."): matmul_peak(d) for d in (torch.float16, torch.bfloat16)}
+    print("dense matmul peak: " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in peaks.items()), flush=True)
     rows = []
     for key in args.models:
-        base = variants(key, "cuda")
-        for dtype in (torch.float16, torch.bfloat16):
-            models = {n: m.to(dtype=dtype, memory_format=torch.channels_last) for n, m in base.items()}
-            models["ours_compiled"] = torch.compile(models["ours"], mode="max-autotune")
+        base = nets(key)
+        for precision in ("fp16", "bf16"):
+            eager = ServingOptions(precision=precision, channels_last=True)
+            compiled = eager.model_copy(update={"compile": True, "compile_mode": "max-autotune"})
+            dtype = eager.dtype
+            layout = {"device": "cuda", "dtype": dtype, "memory_format": torch.channels_last}
+            forwards: dict[str, Forward] = {
+                "train": channels_last(copy.deepcopy(base["train"]).to(**layout)),
+                "timm": channels_last(copy.deepcopy(base["timm"]).to(**layout)),
+                "ours_served": ServingModel(copy.deepcopy(base["ours"]), eager, "cuda").logits,
+                "ours_compiled": ServingModel(copy.deepcopy(base["ours"]), compiled, "cuda").logits,
+            }
             for batch in (*args.batches, 256):
-                x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=dtype).to(
-                    memory_format=torch.channels_last
-                )
-                t = bench(models, x, args.repeats, sync=True)
-                work = flops(models["ours"], x)
+                x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=dtype)
+                t = bench(forwards, x, args.repeats, sync=True)
+                work = flops(forwards["ours_served"], x)
                 rows.append(
                     {
                         "model": key,
                         "batch": batch,
                         "dtype": str(dtype).removeprefix("torch."),
                         "seconds": t,
-                        "ours_vs_timm": t["timm"] / t["ours"],
-                        "ours_vs_train": t["train"] / t["ours"],
+                        "served_vs_timm": t["timm"] / t["ours_served"],
+                        "compiled_vs_timm": t["timm"] / t["ours_compiled"],
+                        "served_vs_train": t["train"] / t["ours_served"],
                         "tflops": {name: work / s / 1e12 for name, s in t.items()},
                     }
                 )
@@ -109,7 +161,7 @@ def run_cuda(args: argparse.Namespace) -> list[dict[str, Any]]:
                     ),
                     flush=True,
                 )
-    return rows
+    return {"matmul_peak_tflops": peaks, "results": rows}
 
 
 def main() -> None:
@@ -122,7 +174,7 @@ def main() -> None:
     write_json("inference_bench_cpu.json", {"environment": environment(), "results": cpu})
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-        write_json("inference_bench_cuda.json", {"environment": environment(), "results": run_cuda(args)})
+        write_json("inference_bench_cuda.json", {"environment": environment(), **run_cuda(args)})
 
 
 if __name__ == "__main__":
