@@ -8,8 +8,9 @@ Server-Timing split (overhead = total minus backend, as the service measures it)
 latency minus the backend part (adds HTTP parsing and the client); CPU milliseconds per request
 of the client, the service process and TorchServe (JVM + workers). The baseline ("model alone")
 calls the deploy net prepared with the default serving options directly, in this process, at
-batch 1, 8 and 32; the summary divides each backend's throughput at the highest concurrency by
-the best batched model throughput.
+batch 1, 8 and 32, right before each backend's run (this machine's speed drifts over minutes);
+the summary divides each backend's throughput at the highest concurrency by that run's best
+batched model throughput, and by its throughput at the server's batch size (REPARAM_BATCH_SIZE).
 
 Usage: python benchmarks/serve_bench.py [--requests 200] [--concurrency 1 8 32]
                                         [--backends torchserve inprocess] [--image jpeg|png]
@@ -206,11 +207,14 @@ def main() -> None:
         "spec": SPEC,
         "image": {"format": fmt, "bytes": len(body), "source": "skimage.data.chelsea() 451x300"},
         "backends": {},
+        "model_alone": {},
     }
+    batch_size = int(os.environ.get("REPARAM_BATCH_SIZE", "8"))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "a0.pth"
         torch.save(randomize_(build_train_model(SPEC)).eval().state_dict(), checkpoint)
         for backend in args.backends:
+            results["model_alone"][backend] = model_alone(checkpoint, sorted({1, batch_size, 32}), 20)
             port = free_port()
             server = start_server(backend, Path(tmp) / backend, port)
             try:
@@ -234,16 +238,15 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(timeout=60)
-        results["model_alone"] = model_alone(checkpoint, [1, 8, 32], 20)
-    best = max(r["images_per_s"] for r in results["model_alone"])
-    results["summary"] = {
-        backend: {
+    results["summary"] = {}
+    for backend, rows in results["backends"].items():
+        alone = {r["batch"]: r["images_per_s"] for r in results["model_alone"][backend]}
+        results["summary"][backend] = {
             "overhead_p50_ms_at_1_client": rows[0]["server_overhead_p50_ms"],
             "decode_p50_ms_at_1_client": rows[0]["server_decode_p50_ms"],
-            "throughput_vs_model_alone": rows[-1]["throughput_rps"] / best,
+            "throughput_vs_model_alone_best": rows[-1]["throughput_rps"] / max(alone.values()),
+            "throughput_vs_model_alone_same_batch": rows[-1]["throughput_rps"] / alone[batch_size],
         }
-        for backend, rows in results["backends"].items()
-    }
     path = write_json(f"serve_bench_cpu_{args.image}.json", results)
     print(
         f"/predict, RepVGG-A0, {fmt} photo ({len(body)} bytes) -> 224x224, {args.requests} requests per row"
@@ -266,14 +269,18 @@ def main() -> None:
                     backend, r["concurrency"], *values
                 )
             )
-    for r in results["model_alone"]:
-        print(f"model alone batch {r['batch']:3d}: {r['p50_ms']:.1f} ms, {r['images_per_s']:.1f} images/s")
     for backend, summary in results["summary"].items():
+        alone = ", ".join(
+            f"batch {r['batch']} {r['p50_ms']:.1f} ms ({r['images_per_s']:.1f}/s)"
+            for r in results["model_alone"][backend]
+        )
+        print(f"model alone before {backend}: {alone}")
         print(
             f"{backend}: overhead p50 at 1 client {summary['overhead_p50_ms_at_1_client']:.2f} ms "
-            f"(of which decode {summary['decode_p50_ms_at_1_client']:.2f} ms), "
-            f"throughput at {args.concurrency[-1]} clients = "
-            f"{summary['throughput_vs_model_alone']:.0%} of the model alone (best batch)"
+            f"(of which decode {summary['decode_p50_ms_at_1_client']:.2f} ms); throughput at "
+            f"{args.concurrency[-1]} clients = {summary['throughput_vs_model_alone_best']:.0%} of the model "
+            f"alone at its best batch, "
+            f"{summary['throughput_vs_model_alone_same_batch']:.0%} at batch {batch_size}"
         )
 
 

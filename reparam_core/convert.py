@@ -137,10 +137,12 @@ def convert(
         with timer.stage("validate"):
             # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
             deploy = reparameterize(model.double())
-            fp64, fp32, fp32_train = _gate(arch, model, deploy, stored, target, tolerance, seed)
+            fp64, fp32, fp32_train, reference = _gate(arch, model, deploy, stored, target, tolerance, seed)
         if serving is not None:
             with timer.stage("serving"):
-                served = _serving_check(arch, model, stored, deploy_spec, serving, target, seed)
+                served = _serving_check(
+                    arch, model, stored, deploy_spec, serving, target, seed, reference, fp32_train
+                )
     report = ConversionReport(
         arch=arch.name,
         checkpoint_format=fmt,
@@ -265,9 +267,10 @@ def _gate(
     device: torch.device,
     tolerance: float,
     seed: int,
-) -> tuple[list[EquivalenceReport], EquivalenceReport, EquivalenceReport]:
+) -> tuple[list[EquivalenceReport], EquivalenceReport, EquivalenceReport, Tensor]:
     """fp64 training vs fp64 fused net at every gate shape; at the first, the stored fp32 net and
-    (as the baseline it is held to) the training net in fp32, both against the fp64 reference."""
+    (as the baseline it is held to) the training net in fp32, both against the fp64 reference
+    (returned too, for the serving check)."""
     model.double()
     deploy.double()
     fp64: list[EquivalenceReport] = []
@@ -285,7 +288,8 @@ def _gate(
                 out = stored.to(device)(x.to(stored_dtype))
                 fp32 = measure(reference, out, shape, stored_dtype, device, bound)
                 stored.to("cpu")
-    return fp64, fp32, fp32_train
+                first = reference
+    return fp64, fp32, fp32_train, first
 
 
 def _serving_check(
@@ -296,17 +300,22 @@ def _serving_check(
     options: ServingOptions,
     device: torch.device,
     seed: int,
+    reference: Tensor,
+    fp32_train: EquivalenceReport,
 ) -> ServingReport:
     """The stored net prepared as ``options`` say (and warmed up, compiling if asked) against the
-    float64 training net, bounded by the training net's own error in the serving precision."""
+    float64 training net's output on the gate's first input (``reference``), bounded by the
+    training net's own error in the serving precision (``fp32_train`` already is that for fp32)."""
     shape = gate_shapes(arch)[0]
     x = random_input(shape, seed).to(device)
     dtype = options.dtype
     with tf32_disabled():
-        with torch.inference_mode():
-            reference = model.double()(x)
-            baseline = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
-            model.double()
+        if fp32_train.dtype == str(dtype).removeprefix("torch."):  # the gate ran it already
+            baseline = fp32_train
+        else:
+            with torch.inference_mode():
+                baseline = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
+                model.double()
         served = prepare_for_serving(copy.deepcopy(stored), deploy_spec, options, device, (1, shape[0]))
         output = served.logits(x.float())
     bound = max(SERVING_FLOORS[dtype], FP32_SLACK * baseline.max_rel_error)

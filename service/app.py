@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from . import __doc__ as service_doc
 from .backends import select_backend
@@ -15,7 +15,7 @@ from .config import Settings, get_settings
 from .errors import install_handlers
 from .jobs import Conversions
 from .limits import BodySizeLimit
-from .metrics import Metrics
+from .metrics import CountRequests, Metrics
 from .routes import convert, health, models, predict
 from .store import MetadataStore, VersionCache, artifact_store_from_settings
 
@@ -71,15 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit,
         limit_for=lambda path: s.max_upload_bytes if path == "/convert" else s.max_predict_bytes,
     )
-
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        app.state.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(CountRequests, metrics=app.state.metrics)
     return app

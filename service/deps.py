@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the app's shared objects, typed, and the token check."""
+"""FastAPI dependencies: the app's shared objects, typed, and the token check.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per
+dependency per request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -14,31 +18,31 @@ from .metrics import Metrics
 from .store import LocalArtifactStore, MetadataStore, VersionCache
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _metadata(request: Request) -> MetadataStore:
+async def _metadata(request: Request) -> MetadataStore:
     return request.app.state.metadata  # type: ignore[no-any-return]
 
 
-def _versions(request: Request) -> VersionCache:
+async def _versions(request: Request) -> VersionCache:
     return request.app.state.versions  # type: ignore[no-any-return]
 
 
-def _artifacts(request: Request) -> LocalArtifactStore:
+async def _artifacts(request: Request) -> LocalArtifactStore:
     return request.app.state.artifacts  # type: ignore[no-any-return]
 
 
-def _backend(request: Request) -> InferenceBackend:
+async def _backend(request: Request) -> InferenceBackend:
     return request.app.state.backend  # type: ignore[no-any-return]
 
 
-def _conversions(request: Request) -> Conversions:
+async def _conversions(request: Request) -> Conversions:
     return request.app.state.conversions  # type: ignore[no-any-return]
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
@@ -51,7 +55,7 @@ ConversionsDep = Annotated[Conversions, Depends(_conversions)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 
 
-def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """Mutating endpoints need ``Authorization: Bearer <REPARAM_API_TOKEN>`` when a token is configured."""
     expected = settings.api_token
     if not expected:

@@ -16,7 +16,7 @@ def run(host: str | None = None, port: int | None = None) -> None:
         **{**base.model_dump(), **({"host": host} if host else {}), **({"port": port} if port else {})}
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per TorchServe call is noise
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
