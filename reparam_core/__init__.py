@@ -25,6 +25,7 @@ from .errors import (
 )
 from .plain import ConvLayerSpec, DeploySpec, FusedConv, PlainNet, StagedNet
 from .reparameterize import count_convs, reparameterize
+from .serving import ServingModel, ServingOptions, ServingReport
 from .spec import ArchSpec, parse_spec
 from .validate import EquivalenceReport, check_equivalence
 
@@ -43,6 +44,9 @@ __all__ = [
     "PlainNet",
     "ReparamBlock",
     "ReparamError",
+    "ServingModel",
+    "ServingOptions",
+    "ServingReport",
     "SpecError",
     "StagedNet",
     "UnknownNameError",

@@ -11,6 +11,8 @@ arithmetic done where the model runs.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterable
@@ -20,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from .errors import SpecError, describe_validation_error
+from .errors import ConversionError, SpecError, describe_validation_error
 from .plain import DeploySpec
 from .validate import EquivalenceReport, random_input
 
@@ -122,6 +124,8 @@ class ServingModel:
         if options.channels_last:
             prepared = prepared.to(memory_format=torch.channels_last)
         self.eager = prepared
+        if options.compile and self.device.type == "cpu":
+            _require_cpp_compiler()
         self.module: Any = (
             torch.compile(prepared, mode=options.compile_mode, dynamic=None) if options.compile else prepared
         )
@@ -171,7 +175,16 @@ class ServingModel:
             x = random_input((size, *sample_shape)).float()
             for i in range(iterations):
                 call = time.perf_counter()
-                self.logits(x)
+                try:
+                    self.logits(x)
+                except Exception as exc:
+                    if not self.options.compile:
+                        raise
+                    problem = (str(exc).strip().splitlines() or [""])[0]
+                    raise ConversionError(
+                        f"torch.compile (mode {self.options.compile_mode!r}) failed on {self.device}: "
+                        f"{type(exc).__name__}: {problem}"
+                    ) from exc
                 _synchronize(self.device)
                 if i == 0:
                     first_calls += time.perf_counter() - call
@@ -207,6 +220,16 @@ def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
     """Batch sizes a backend warms up with: 1 and its largest batch (a compiled net gets a graph
     specialised to 1 and a dynamic-batch graph that serves every other size)."""
     return (1, max_batch) if max_batch > 1 else (1,)
+
+
+def _require_cpp_compiler() -> None:
+    """torch.compile on the CPU builds C++ kernels: refuse early, and clearly, without a compiler."""
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in candidates):
+        raise SpecError(
+            "serving.compile on the CPU needs a C++ compiler (none of $CXX, g++, c++, clang++ found); "
+            "install one or serve without compile"
+        )
 
 
 def _synchronize(device: torch.device) -> None:

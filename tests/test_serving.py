@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reparam_core import serving
 from reparam_core.convert import convert
-from reparam_core.errors import EquivalenceError, SpecError
+from reparam_core.errors import ConversionError, EquivalenceError, SpecError
 from reparam_core.serving import ServingModel, ServingOptions, parse_serving, prepare_for_serving
 from reparam_core.validate import compare_outputs
 from tests.test_convert import TINY, state_of
@@ -92,6 +93,29 @@ def test_compiled_serving_reports_compile_time_and_matches_eager(state: dict[str
     x = torch.randn(3, 3, 32, 24)  # a batch size not warmed up: served by the dynamic-batch graph
     eager = ServingModel(result.deploy_model, ServingOptions(), "cpu").logits(x)
     assert compare_outputs(eager, served.logits(x))["max_rel_error"] < 1e-5
+
+
+def test_compile_without_a_cpp_compiler_is_refused_up_front(
+    state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(serving.shutil, "which", lambda name: None)
+    with pytest.raises(SpecError, match=r"serving.compile on the CPU needs a C\+\+ compiler"):
+        convert(TINY, state, serving=ServingOptions(compile=True))
+
+
+def test_a_failing_compile_is_a_conversion_error_naming_the_cause(
+    state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*args: object) -> torch.Tensor:
+        raise RuntimeError("Unsupported: some operator\nlong traceback follows")
+
+    monkeypatch.setattr(serving.torch, "compile", lambda module, **options: unsupported)
+    with pytest.raises(
+        ConversionError,
+        match=r"\(mode 'max-autotune'\) failed on cpu: RuntimeError: Unsupported: some operator$",
+    ):
+        convert(TINY, state, serving=ServingOptions(compile=True, compile_mode="max-autotune"))
 
 
 def test_options_are_parsed_strictly() -> None:
