@@ -22,6 +22,28 @@ MODELS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+def every_preset() -> dict[str, tuple[str | None, dict[str, str]]]:
+    """Every published preset we ship -> (timm's name for it, when timm has it; our spec)."""
+    import timm
+
+    from reparam_core.presets import MOBILEONE, REPOPT_VGG, REPVGG
+
+    in_timm = set(timm.list_models("repvgg*") + timm.list_models("mobileone*"))
+    table: dict[str, tuple[str | None, dict[str, str]]] = {}
+    for family, label, variants in (
+        ("repvgg", "RepVGG", REPVGG),
+        ("mobileone", "MobileOne", MOBILEONE),
+        ("repopt_vgg", "RepOpt-VGG", REPOPT_VGG),
+    ):
+        for variant in variants:
+            name = f"{family}_{variant.lower()}"
+            table[f"{label}-{variant}"] = (
+                name if name in in_timm else None,
+                {"family": family, "variant": variant},
+            )
+    return table
+
+
 def timed(fn: Callable[[], Any], repeats: int, sync: bool = False) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls (CUDA synchronised around each when ``sync``)."""
     times = []
