@@ -137,12 +137,10 @@ def convert(
         with timer.stage("validate"):
             # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
             deploy = reparameterize(model.double())
-            fp64, fp32, fp32_train, reference = _gate(arch, model, deploy, stored, target, tolerance, seed)
+            fp64, fp32, fp32_train, first = _gate(arch, model, deploy, stored, target, tolerance, seed)
         if serving is not None:
             with timer.stage("serving"):
-                served = _serving_check(
-                    arch, model, stored, deploy_spec, serving, target, seed, reference, fp32_train
-                )
+                served = _serving_check(model, stored, deploy_spec, serving, target, first, fp32_train)
     report = ConversionReport(
         arch=arch.name,
         checkpoint_format=fmt,
@@ -267,10 +265,10 @@ def _gate(
     device: torch.device,
     tolerance: float,
     seed: int,
-) -> tuple[list[EquivalenceReport], EquivalenceReport, EquivalenceReport, Tensor]:
+) -> tuple[list[EquivalenceReport], EquivalenceReport, EquivalenceReport, tuple[Tensor, Tensor]]:
     """fp64 training vs fp64 fused net at every gate shape; at the first, the stored fp32 net and
-    (as the baseline it is held to) the training net in fp32, both against the fp64 reference
-    (returned too, for the serving check)."""
+    (as the baseline it is held to) the training net in fp32, both against the fp64 reference.
+    The first shape's input and reference output are returned too, for the serving check."""
     model.double()
     deploy.double()
     fp64: list[EquivalenceReport] = []
@@ -288,26 +286,25 @@ def _gate(
                 out = stored.to(device)(x.to(stored_dtype))
                 fp32 = measure(reference, out, shape, stored_dtype, device, bound)
                 stored.to("cpu")
-                first = reference
+                first = (x, reference)
     return fp64, fp32, fp32_train, first
 
 
 def _serving_check(
-    arch: ArchSpec,
     model: nn.Module,
     stored: PlainNet,
     deploy_spec: DeploySpec,
     options: ServingOptions,
     device: torch.device,
-    seed: int,
-    reference: Tensor,
+    first: tuple[Tensor, Tensor],
     fp32_train: EquivalenceReport,
 ) -> ServingReport:
     """The stored net prepared as ``options`` say (and warmed up, compiling if asked) against the
-    float64 training net's output on the gate's first input (``reference``), bounded by the
-    training net's own error in the serving precision (``fp32_train`` already is that for fp32)."""
-    shape = gate_shapes(arch)[0]
-    x = random_input(shape, seed).to(device)
+    float64 training net on the gate's first input (``first``: input and reference output),
+    bounded by the training net's own error in the serving precision (``fp32_train`` already is
+    that for fp32)."""
+    x, reference = first
+    shape = tuple(x.shape)
     dtype = options.dtype
     with tf32_disabled():
         if fp32_train.dtype == str(dtype).removeprefix("torch."):  # the gate ran it already

@@ -147,23 +147,27 @@ class ServingModel:
             return x.contiguous(memory_format=self.memory_format)
 
     def logits(self, batch: Tensor) -> Tensor:
-        x = self.model_input(batch)
-        with self._lock, self._mode():
-            return self.module(x)
+        return self._forward(self.model_input(batch))
 
     def probabilities(self, batch: Tensor) -> Tensor:
-        logits = self.logits(batch)
-        with self._mode():
-            return torch.softmax(logits.float(), dim=1).cpu()
+        return self._softmax(self.logits(batch))
 
     def answer_each(self, batches: list[Tensor]) -> list[Tensor]:
         """Probabilities for several requests' batches: one forward pass over all of them (or one
         per request when their image sizes differ), split back into each request's rows."""
         inputs = [self.model_input(batch) for batch in batches]
         if len({x.shape[1:] for x in inputs}) > 1:
-            return [self.probabilities(x) for x in inputs]
-        together = self.probabilities(torch.cat(inputs))
+            return [self._softmax(self._forward(x)) for x in inputs]
+        together = self._softmax(self._forward(torch.cat(inputs)))
         return list(torch.split(together, [x.shape[0] for x in inputs]))
+
+    def _forward(self, x: Tensor) -> Tensor:
+        with self._lock, self._mode():
+            return self.module(x)
+
+    def _softmax(self, logits: Tensor) -> Tensor:
+        with self._mode():
+            return torch.softmax(logits.float(), dim=1).cpu()
 
     def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: Iterable[int]) -> None:
         """Run ``warmup_iterations`` passes at each batch size (all of them compile, when compiling)."""

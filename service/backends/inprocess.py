@@ -51,10 +51,11 @@ class _Batcher:
                 rows += waiting[-1][0].shape[0]
             try:
                 answers = await asyncio.to_thread(self.served.answer_each, [batch for batch, _ in waiting])
+            except asyncio.CancelledError:  # unloaded while this batch ran
+                _fail(waiting, _unloaded())
+                raise
             except Exception as exc:  # handed to every waiting request; the batcher goes on
-                for _, future in waiting:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(waiting, exc)
                 continue
             for (_, future), answer in zip(waiting, answers, strict=True):
                 if not future.done():
@@ -64,9 +65,20 @@ class _Batcher:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        queued = []
         while not self.queue.empty():
-            _, future = self.queue.get_nowait()
-            future.set_exception(BackendUnavailable("the model version was unloaded"))
+            queued.append(self.queue.get_nowait())
+        _fail(queued, _unloaded())
+
+
+def _fail(waiting: list[tuple[Tensor, asyncio.Future[Tensor]]], exc: BaseException) -> None:
+    for _, future in waiting:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _unloaded() -> BackendUnavailable:
+    return BackendUnavailable("the model version was unloaded")
 
 
 class InProcessBackend:
@@ -100,6 +112,7 @@ class InProcessBackend:
         return prepare_for_serving(model, spec, serving, self.device, self.warmup_sizes)
 
     def served(self, name: str, version: int) -> ServingModel | None:
+        """The prepared net behind a registered version (its options, for inspection)."""
         batcher = self._models.get((name, version))
         return batcher.served if batcher is not None else None
 

@@ -4,6 +4,7 @@ its own rows, a failure reaches every waiting request and the next batch still r
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,34 @@ def test_a_failing_batch_fails_its_requests_only(artifacts: Path, monkeypatch: p
             await backend.predict("m", 1, torch.randn(1, 3, 32, 32))
 
     asyncio.run(scenario())
+
+
+def test_unloading_answers_requests_in_flight_and_queued(
+    artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    async def scenario() -> list[BaseException | torch.Tensor]:
+        backend = InProcessBackend("cpu", max_batch=1)
+        await backend.register("m", 1, artifacts, ServingOptions())
+        served = backend.served("m", 1)
+        assert served is not None
+        real = served.answer_each
+
+        def slow(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+            started.set()
+            release.wait(10)
+            return real(batches)
+
+        monkeypatch.setattr(served, "answer_each", slow)
+        pending = [
+            asyncio.ensure_future(backend.predict("m", 1, torch.randn(1, 3, 32, 32))) for _ in range(3)
+        ]
+        await asyncio.to_thread(started.wait, 10)  # the first request's batch is running
+        await backend.unregister("m", 1)
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(scenario())
+    assert len(outcomes) == 3
+    assert all(isinstance(o, BackendUnavailable) and "unloaded" in str(o) for o in outcomes)
