@@ -26,7 +26,8 @@ def every_preset() -> dict[str, tuple[str | None, dict[str, str]]]:
     """Every published preset we ship -> (timm's name for it, when timm has it; our spec)."""
     import timm
 
-    from reparam_core.presets import MOBILEONE, REPOPT_VGG, REPVGG
+    from reparam_core.arch.mobileone import MOBILEONE
+    from reparam_core.arch.vgg import REPOPT_VGG, REPVGG
 
     in_timm = set(timm.list_models("repvgg*") + timm.list_models("mobileone*"))
     table: dict[str, tuple[str | None, dict[str, str]]] = {}

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 from _common import MODELS, environment, every_preset, summary, timed, write_json
 
-import reparam_core  # noqa: F401  (sets the allocator option before torch allocates)
-
 
 def bench_model(
     key: str, timm_name: str | None, spec: dict[str, str], device: str, repeats: int, folder: Path
@@ -30,8 +28,7 @@ def bench_model(
     import timm
     from timm.utils.model import reparameterize_model
 
-    from reparam_core.build import build_train_model
-    from reparam_core.convert import convert
+    from reparam_core import build_train_model, convert
 
     path = folder / f"{key}.pth"
     source = timm.create_model(timm_name) if timm_name else build_train_model(spec)

@@ -28,8 +28,7 @@ import torch
 from _common import MODELS, environment, timed, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-import reparam_core  # noqa: F401  (allocator option before torch allocates)
-from reparam_core.serving import ServingModel, ServingOptions
+from reparam_core import ServingModel, ServingOptions
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,7 +43,7 @@ def nets(key: str) -> dict[str, torch.nn.Module]:
     import timm
     from timm.utils.model import reparameterize_model
 
-    from reparam_core.convert import convert
+    from reparam_core import convert
 
     timm_name, spec = MODELS[key]
     train = timm.create_model(timm_name).eval()

@@ -166,8 +166,7 @@ def start_server(backend: str, data: Path, port: int) -> subprocess.Popen[bytes]
 
 
 def model_alone(checkpoint: Path, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
-    from reparam_core.convert import convert
-    from reparam_core.serving import ServingModel, ServingOptions
+    from reparam_core import ServingModel, ServingOptions, convert
 
     model = ServingModel(convert(SPEC, checkpoint, validate=False).deploy_model, ServingOptions(), "cpu")
     rows = []
@@ -197,8 +196,8 @@ def main() -> None:
     parser.add_argument("--image", choices=["jpeg", "png"], default="jpeg")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from reparam_core.build import build_train_model
-    from tests.support import randomize_
+    from reparam_core import build_train_model
+    from reparam_core.example import randomize_statistics as randomize_
 
     fmt = args.image.upper()
     body, media = image(fmt), f"image/{args.image}"

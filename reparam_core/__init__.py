@@ -1,20 +1,19 @@
 """reparam_core: fuse structurally re-parameterized CNNs into plain conv nets, exactly.
 
-Pure PyTorch; no web imports. See ``kernels`` for the math, ``blocks`` for the families.
+Pure PyTorch, no web imports. Subpackages, bottom to top: ``fusion`` (the math), ``deploy`` (the
+deploy net, its spec, artifacts and serving), ``blocks`` (the block families), ``arch`` (specs,
+presets, training nets), ``checkpoints`` (safe reading, key layouts), then ``equivalence``,
+``gate`` and ``conversion`` (the pipeline), ``graph`` (fusion of any traceable model) and ``cli``.
+
+Names are imported on first use: ``import reparam_core`` loads neither torch nor the conversion
+pipeline, and a server that imports ``reparam_core.deploy`` loads only that.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Fusing a 100M-parameter net allocates gigabytes that the kernel otherwise faults in 4 KiB at a
-# time; transparent huge pages make CPU conversion about 3x faster. Effective only when set before
-# torch's first allocation; export THP_MEM_ALLOC_ENABLE=0 to opt out.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-from .blocks import BLOCKS, ReparamBlock, register_block
-from .build import build_deploy_model, build_train_model
-from .convert import ConversionReport, ConversionResult, convert
 from .errors import (
     CheckpointError,
     ConversionError,
@@ -23,11 +22,66 @@ from .errors import (
     SpecError,
     UnknownNameError,
 )
-from .plain import ConvLayerSpec, DeploySpec, FusedConv, PlainNet, StagedNet
-from .reparameterize import count_convs, reparameterize
-from .serving import ServingModel, ServingOptions, ServingReport
-from .spec import ArchSpec, parse_spec
-from .validate import EquivalenceReport, check_equivalence
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "arch": ("ArchSpec", "build_train_model", "parse_spec"),
+    "blocks": ("BLOCKS", "ReparamBlock", "register_block"),
+    "checkpoints": ("inspect_checkpoint", "read_checkpoint"),
+    "conversion": ("ConversionReport", "ConversionResult", "convert"),
+    "deploy": (
+        "ConvLayerSpec",
+        "DeploySpec",
+        "FusedConv",
+        "PlainNet",
+        "ServingModel",
+        "ServingOptions",
+        "StagedNet",
+        "build_deploy_model",
+        "load_artifacts",
+        "parse_serving",
+    ),
+    "equivalence": ("EquivalenceReport", "check_equivalence", "resolve_device"),
+    "fusion.reparameterize": ("count_convs", "reparameterize"),
+    "gate": ("ServingReport",),
+}
+_SOURCE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SOURCE])
+
+
+if TYPE_CHECKING:
+    from .arch import ArchSpec, build_train_model, parse_spec
+    from .blocks import BLOCKS, ReparamBlock, register_block
+    from .checkpoints import inspect_checkpoint, read_checkpoint
+    from .conversion import ConversionReport, ConversionResult, convert
+    from .deploy import (
+        ConvLayerSpec,
+        DeploySpec,
+        FusedConv,
+        PlainNet,
+        ServingModel,
+        ServingOptions,
+        StagedNet,
+        build_deploy_model,
+        load_artifacts,
+        parse_serving,
+    )
+    from .equivalence import EquivalenceReport, check_equivalence, resolve_device
+    from .fusion.reparameterize import count_convs, reparameterize
+    from .gate import ServingReport
 
 __all__ = [
     "BLOCKS",
@@ -50,12 +104,18 @@ __all__ = [
     "SpecError",
     "StagedNet",
     "UnknownNameError",
+    "__version__",
     "build_deploy_model",
     "build_train_model",
     "check_equivalence",
     "convert",
     "count_convs",
+    "inspect_checkpoint",
+    "load_artifacts",
+    "parse_serving",
     "parse_spec",
+    "read_checkpoint",
     "register_block",
     "reparameterize",
+    "resolve_device",
 ]

@@ -1,24 +1,27 @@
 """``reparam``: convert, batch-convert and inspect checkpoints from the command line.
 
 Exit codes: 0 equivalence passed, 1 the gate failed (nothing written), 2 bad input (one line on
-stderr), 3 internal error.
+stderr), 3 internal error. Other installed packages add commands through the ``reparam.commands``
+entry-point group (the service adds ``serve``): each entry is a function that receives the
+sub-command parsers and adds its own.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
 from .errors import EquivalenceError, ReparamError
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -46,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reparam", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"reparam {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     convert = sub.add_parser("convert", help="convert one training checkpoint into verified deploy artifacts")
@@ -73,12 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--json", action="store_true")
     graph.set_defaults(run=_cmd_fuse_graph)
 
-    serve = sub.add_parser(
-        "serve", help="start the HTTP service (and a managed TorchServe when Java is present)"
+    example = sub.add_parser(
+        "example", help="write a small training-form checkpoint, its spec and a photo to try things on"
     )
-    serve.add_argument("--host", default=None, help="default REPARAM_HOST or 127.0.0.1")
-    serve.add_argument("--port", type=int, default=None, help="default REPARAM_PORT or 8000")
-    serve.set_defaults(run=_cmd_serve)
+    example.add_argument("--out", required=True, type=Path, help="folder to write them into")
+    example.set_defaults(run=_cmd_example)
 
     inspect = sub.add_parser(
         "inspect", help="describe a checkpoint: layout, form, family, blocks, parameters"
@@ -86,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", type=Path)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_cmd_inspect)
+    for plugin in entry_points(group="reparam.commands"):
+        try:
+            add_commands = plugin.load()
+        except Exception as exc:  # a broken plugin must not take the library's commands down
+            print(f"reparam: skipping command {plugin.name!r} ({plugin.value}): {exc}", file=sys.stderr)
+            continue
+        add_commands(sub)
     return parser
 
 
@@ -105,10 +115,9 @@ def _conversion_options(cmd: argparse.ArgumentParser) -> None:
 
 
 def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
-    from .artifacts import write_artifacts
-    from .convert import convert
-    from .serving import parse_serving
-    from .spec import parse_spec
+    from .arch import parse_spec
+    from .conversion import convert
+    from .deploy import parse_serving
 
     spec = parse_spec(Path(args.spec) if Path(args.spec).is_file() else args.spec)
     serving = parse_serving(args.serving) if args.serving is not None else None
@@ -123,7 +132,7 @@ def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> d
             serving=serving,
         )
         status.update(f"{checkpoint.name}: writing artifacts")
-        digests = write_artifacts(result, out_dir, export=not args.no_export)
+        digests = result.save(out_dir, export=not args.no_export)
     return {
         "checkpoint": str(checkpoint),
         "out": str(out_dir),
@@ -240,15 +249,17 @@ def _cmd_fuse_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    # Imported by name at run time: the library never depends on the service package.
-    service_main = importlib.import_module("service.main")
-    service_main.run(args.host, args.port)
+def _cmd_example(args: argparse.Namespace) -> int:
+    from .example import write_example
+
+    paths = write_example(args.out)
+    for what, path in paths.items():
+        out.print(f"{what:<11} {path}", highlight=False)
     return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .checkpoint_info import inspect_checkpoint
+    from .checkpoints import inspect_checkpoint
 
     info = inspect_checkpoint(args.checkpoint)
     if args.json:

@@ -34,13 +34,16 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module:
     return factory()
 
 
+SEPlacement = Literal["pre_act", "post_act"]
+
+
 class SESpec(BaseModel):
     """Squeeze-excitation settings. ``placement`` says whether SE runs before or after the activation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rd_channels: int = Field(gt=0, description="channels of the bottleneck")
-    placement: Literal["pre_act", "post_act"] = "pre_act"
+    placement: SEPlacement = "pre_act"
 
 
 class SqueezeExcite(nn.Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from .errors import SpecError, UnknownNameError
@@ -16,15 +16,6 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name``."""
-
-        def decorator(obj: T) -> T:
-            self.add(name, obj)
-            return obj
-
-        return decorator
 
     def add(self, name: str, obj: T) -> None:
         key = name.lower()

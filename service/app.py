@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __doc__ as service_doc
-from .backends import select_backend
-from .backends.inprocess import InProcessBackend
+from .backends import in_process_backend, select_backend
 from .config import Settings, get_settings
 from .errors import install_handlers
 from .jobs import Conversions
@@ -37,7 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise
         log.error("TorchServe failed to start (%s): falling back to the in-process backend", exc)
         await backend.stop()
-        backend = InProcessBackend(settings.device, settings.batch_size)
+        backend = in_process_backend(settings)
         await backend.start()
     app.state.backend = backend
     conversions = Conversions(

@@ -15,29 +15,35 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPARAM_", env_file=None, extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    data_dir: Path = Path("data")
+    host: str = Field(default="127.0.0.1", description="address the service listens on")
+    port: int = Field(default=8000, description="port the service listens on")
+    data_dir: Path = Field(default=Path("data"), description="database, artifacts and model store")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
     artifacts_dir: Path | None = Field(default=None, description="default data_dir/artifacts")
     api_token: str | None = Field(default=None, description="Bearer token required on mutating endpoints")
-    max_upload_bytes: int = 2 << 30
-    max_predict_bytes: int = 16 << 20
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    default_tolerance: float = 1e-9
-    conversion_workers: int = Field(default=1, ge=1)
-    export_program: bool = True
+    max_upload_bytes: int = Field(default=2 << 30, description="largest POST /convert body")
+    max_predict_bytes: int = Field(default=16 << 20, description="largest /predict body")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where conversions and in-process inference run"
+    )
+    default_tolerance: float = Field(default=1e-9, description="fp64 gate tolerance when a request sets none")
+    conversion_workers: int = Field(default=1, ge=1, description="conversions run at the same time")
+    export_program: bool = Field(default=True, description="write model.pt2 (torch.export) per version")
 
-    backend: Literal["auto", "torchserve", "inprocess"] = "auto"
+    backend: Literal["auto", "torchserve", "inprocess"] = Field(
+        default="auto", description="auto: TorchServe when Java and torchserve are found, else in-process"
+    )
     torchserve_url: str | None = Field(default=None, description="external TorchServe inference URL")
-    torchserve_management_url: str | None = None
+    torchserve_management_url: str | None = Field(
+        default=None, description="external TorchServe management URL"
+    )
     torchserve_model_store: Path | None = Field(default=None, description="default data_dir/model-store")
-    torchserve_inference_port: int = 8080
-    torchserve_management_port: int = 8081
-    torchserve_metrics_port: int = 8082
-    torchserve_start_timeout_s: float = 180.0
-    batch_size: int = Field(default=8, ge=1)
-    max_batch_delay_ms: int = Field(default=5, ge=0)
+    torchserve_inference_port: int = Field(default=8080, description="managed TorchServe, on 127.0.0.1")
+    torchserve_management_port: int = Field(default=8081, description="managed TorchServe, on 127.0.0.1")
+    torchserve_metrics_port: int = Field(default=8082, description="managed TorchServe, on 127.0.0.1")
+    torchserve_start_timeout_s: float = Field(default=180.0, description="waiting for TorchServe to answer")
+    batch_size: int = Field(default=8, ge=1, description="largest batch a backend runs")
+    max_batch_delay_ms: int = Field(default=5, ge=0, description="TorchServe's wait to fill a batch")
     workers_per_model: int | None = Field(
         default=None,
         ge=1,
@@ -88,3 +94,12 @@ def _cores() -> int:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table() -> str:
+    """The configuration table of docs/operations.md, generated from :class:`Settings`."""
+    rows = ["| variable | default | what |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else f"`{field.default}`"
+        rows.append(f"| `REPARAM_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)

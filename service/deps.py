@@ -15,7 +15,7 @@ from .backends.base import InferenceBackend
 from .config import Settings
 from .jobs import Conversions
 from .metrics import Metrics
-from .store import LocalArtifactStore, MetadataStore, VersionCache
+from .store import ArtifactStore, MetadataStore, VersionCache
 
 
 async def _settings(request: Request) -> Settings:
@@ -30,7 +30,7 @@ async def _versions(request: Request) -> VersionCache:
     return request.app.state.versions  # type: ignore[no-any-return]
 
 
-async def _artifacts(request: Request) -> LocalArtifactStore:
+async def _artifacts(request: Request) -> ArtifactStore:
     return request.app.state.artifacts  # type: ignore[no-any-return]
 
 
@@ -49,7 +49,7 @@ async def _metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetadataDep = Annotated[MetadataStore, Depends(_metadata)]
 VersionsDep = Annotated[VersionCache, Depends(_versions)]
-ArtifactsDep = Annotated[LocalArtifactStore, Depends(_artifacts)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]

@@ -2,12 +2,12 @@
 
     ServiceError
     ├── NotFound             unknown model, version, job or artifact          404
-    ├── PayloadTooLarge      upload past the configured cap                   413
     ├── UnsupportedMedia     a body type /predict does not take               415
     ├── BadInput             undecodable image, wrong tensor shape, ...       422
     └── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
 Library errors: SpecError 422, CheckpointError 400, EquivalenceError 422 (with the report),
-other ReparamError 400. Nothing escapes as a 500 with a traceback.
+other ReparamError 400. Bodies past the size caps get 413 from ``limits.BodySizeLimit``. Nothing
+escapes as a 500 with a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from reparam_core.errors import CheckpointError, EquivalenceError, ReparamError, SpecError
+from reparam_core import CheckpointError, EquivalenceError, ReparamError, SpecError
 
 log = logging.getLogger("reparam.service")
 
@@ -35,10 +35,6 @@ class ServiceError(Exception):
 
 class NotFound(ServiceError):
     status = 404
-
-
-class PayloadTooLarge(ServiceError):
-    status = 413
 
 
 class UnsupportedMedia(ServiceError):

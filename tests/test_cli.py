@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reparam_core.build import build_train_model
+from reparam_core.arch import build_train_model
 from reparam_core.cli import main
-from tests.support import randomize_
+from tests.helpers import randomize_
 
 TINY = {
     "family": "repvgg",

@@ -1,4 +1,4 @@
-"""Regression tests for the public converters' bugs (REPARAM_FACTS.md); each fails on the buggy behaviour."""
+"""Regression tests for the bugs of public converters; each fails on the buggy behaviour."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from reparam_core import (
 )
 from reparam_core.blocks import ACBlock, DiverseBranchBlock, MobileOneBlock, RepVGGBlock
 from reparam_core.layers import ClassifierHead, HeadSpec, SESpec
-from tests.support import randomize_
+from tests.helpers import randomize_
 
 
 def prepared(module: nn.Module) -> nn.Module:

@@ -31,7 +31,16 @@ def test_duplicate_registration_is_refused() -> None:
         register_block(RepVGGBlock)
 
 
-def test_registry_decorator() -> None:
+def test_registry_is_case_insensitive_and_iterable() -> None:
     registry: Registry[int] = Registry("thing")
-    registry.register("a")(1)
+    registry.add("a", 1)
     assert registry.get("A") == 1 and "a" in registry and len(registry) == 1 and list(registry) == ["a"]
+
+
+def test_architecture_families_register_where_they_are_defined() -> None:
+    from reparam_core.arch import FAMILIES
+    from reparam_core.arch.mobileone import MOBILEONE
+    from reparam_core.arch.vgg import REPVGG
+
+    assert FAMILIES.names() == ["mobileone", "repopt_vgg", "repvgg"]
+    assert FAMILIES.get("repvgg").presets is REPVGG and FAMILIES.get("mobileone").presets is MOBILEONE

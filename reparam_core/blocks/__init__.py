@@ -1,10 +1,14 @@
-"""Re-parameterizable block families, registered by name in :data:`BLOCKS`."""
+"""Re-parameterizable block families, one module each, registered by name in :data:`BLOCKS`.
+
+A block holds only its training form plus ``equivalent_kernel_bias()`` (``base``); ``branches``
+holds the linear branch modules the families are made of. Register your own family with
+``@register_block`` on a :class:`ReparamBlock` subclass.
+"""
 
 from __future__ import annotations
 
-from ..registry import Registry
 from .acb import ACBlock
-from .base import ReparamBlock
+from .base import BLOCKS, ConvOptions, ReparamBlock, register_block
 from .conv_bn import ConvBNBlock
 from .csla import LinearAddBlock
 from .dbb import DiverseBranchBlock
@@ -12,30 +16,11 @@ from .mobileone import MobileOneBlock
 from .orepa import OREPABlock, OREPALargeBlock
 from .repvgg import RepVGGBlock
 
-BLOCKS: Registry[type[ReparamBlock]] = Registry("block family")
-for _cls in (
-    ConvBNBlock,
-    RepVGGBlock,
-    ACBlock,
-    DiverseBranchBlock,
-    OREPABlock,
-    OREPALargeBlock,
-    MobileOneBlock,
-    LinearAddBlock,
-):
-    BLOCKS.add(_cls.family, _cls)
-
-
-def register_block(cls: type[ReparamBlock]) -> type[ReparamBlock]:
-    """Class decorator for a user-defined family; its ``family`` attribute is the name."""
-    BLOCKS.add(cls.family, cls)
-    return cls
-
-
 __all__ = [
     "BLOCKS",
     "ACBlock",
     "ConvBNBlock",
+    "ConvOptions",
     "DiverseBranchBlock",
     "LinearAddBlock",
     "MobileOneBlock",

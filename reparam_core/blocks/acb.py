@@ -7,19 +7,24 @@ centre row of a square window never reads the rows the square conv pads.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from torch import Tensor
 
-from ..kernels import KernelBias, add_centred_
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias, add_centred_
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import ConvBN
 
 
+@register_block
 class ACBlock(ReparamBlock):
     family = "acb"
     kernel_sizes = (3, 5, 7)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, **options: object) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, **options: Unpack[ConvOptions]
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         k, p = kernel_size, self.padding
         s, d, g, mode = self.stride, self.dilation, self.groups, self.padding_mode
         self.square = ConvBN(in_channels, out_channels, k, s, p, d, g, mode)

@@ -9,18 +9,31 @@ after, in both forms.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, cast
+from typing import ClassVar, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
+from ..deploy.net import FusedConv
+from ..deploy.spec import ConvLayerSpec, PaddingMode
 from ..errors import ConversionError, SpecError
-from ..kernels import KernelBias
+from ..fusion.transforms import KernelBias
 from ..layers import SESpec, SqueezeExcite, apply_epilogue, make_activation
-from ..plain import ConvLayerSpec, FusedConv, PaddingMode
+from ..registry import Registry
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ALL_ROWS = slice(None)
+
+
+class ConvOptions(TypedDict, total=False):
+    """The conv options every family takes (keyword arguments after the family's own)."""
+
+    stride: int
+    dilation: int
+    groups: int
+    padding_mode: str
+    activation: str
+    se: SESpec | None
 
 
 class ReparamBlock(nn.Module, ABC):
@@ -40,6 +53,7 @@ class ReparamBlock(nn.Module, ABC):
         in_channels: int,
         out_channels: int,
         kernel_size: int = 3,
+        *,
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,
@@ -133,3 +147,12 @@ def raise_training(what: str) -> None:
         f"{what} is in training mode: BN would use batch statistics, so no fixed conv is equivalent; "
         "call model.eval() before re-parameterizing"
     )
+
+
+BLOCKS: Registry[type[ReparamBlock]] = Registry("block family")
+
+
+def register_block(cls: type[ReparamBlock]) -> type[ReparamBlock]:
+    """Class decorator: register a family under its ``family`` name (duplicates are refused)."""
+    BLOCKS.add(cls.family, cls)
+    return cls

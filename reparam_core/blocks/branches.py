@@ -6,15 +6,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import KernelBias, add_centred_, add_identity_, bn_scale_shift, fold_bn, identity_kernel
-from ..plain import PaddingMode
+from ..deploy.spec import PaddingMode
+from ..fusion.transforms import (
+    KernelBias,
+    add_centred_,
+    add_identity_,
+    bn_scale_shift,
+    fold_bn,
+    identity_kernel,
+)
 from .base import ALL_ROWS
 
 
 def bn_kernel_bias(
     kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None, rows: slice = ALL_ROWS
 ) -> KernelBias:
-    """Fold an eval-mode ``BatchNorm2d`` (channels ``rows``) into ``kernel`` (see :func:`kernels.fold_bn`)."""
+    """Fold an eval-mode ``BatchNorm2d`` (channels ``rows``) into ``kernel`` (see ``fold_bn``)."""
     assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
     gamma = bn.weight[rows] if bn.weight is not None else None
     beta = bn.bias[rows] if bn.bias is not None else None
@@ -80,10 +87,8 @@ class BNAndPad(nn.Module):
 
     def zero_response(self) -> Tensor:
         """``BN(0)`` per channel with the running statistics (detached, as in DBB)."""
-        bn = self.bn
-        assert bn.running_mean is not None and bn.running_var is not None
-        t = bn.weight.detach() / (bn.running_var + bn.eps).sqrt()
-        return bn.bias.detach() - bn.running_mean * t
+        _, shift = bn_affine(self.bn)
+        return shift.detach()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn(x)

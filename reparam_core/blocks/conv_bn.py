@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from torch import Tensor, nn
 
-from ..kernels import KernelBias
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import bn_kernel_bias
 
 
+@register_block
 class ConvBNBlock(ReparamBlock):
     """``act(se(BN(conv(x))))``; fuses by folding the BN."""
 
     family = "conv_bn"
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, **options: object) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, **options: Unpack[ConvOptions]
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         self.conv = nn.Conv2d(
             in_channels,
             out_channels,

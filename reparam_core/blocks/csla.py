@@ -8,11 +8,13 @@ then the BN folded in.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor, nn
 
-from ..kernels import KernelBias, add_centred_, add_identity_, scale
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias, add_centred_, add_identity_, scale
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import bn_kernel_bias
 
 
@@ -27,6 +29,7 @@ class ChannelScale(nn.Module):
         return x * self.weight.reshape(1, -1, 1, 1)
 
 
+@register_block
 class LinearAddBlock(ReparamBlock):
     family = "csla"
 
@@ -39,9 +42,9 @@ class LinearAddBlock(ReparamBlock):
         conv_scale_init: float = 1.0,
         trainable_scales: bool = False,
         use_identity: bool = True,
-        **options: object,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         s, d, g, mode = self.stride, self.dilation, self.groups, self.padding_mode
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, s, self.padding, d, g, bias=False, padding_mode=mode

@@ -6,17 +6,18 @@ kernel is exact at the borders too. Average pooling has no dilated form, so dila
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Unpack, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SpecError
-from ..kernels import KernelBias, add_branches, avg_pool_kernel, merge_sequential, pad_to
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias, add_branches, avg_pool_kernel, merge_sequential, pad_to
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import BNAndPad, ConvBN, IdentityConv1x1, bn_kernel_bias
 
 
+@register_block
 class DiverseBranchBlock(ReparamBlock):
     family = "dbb"
     kernel_sizes = (3, 5, 7)
@@ -30,9 +31,9 @@ class DiverseBranchBlock(ReparamBlock):
         kernel_size: int = 3,
         *,
         internal_channels: int | None = None,
-        **options: object,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         k, p, s, g, mode = kernel_size, self.padding, self.stride, self.groups, self.padding_mode
         self.depthwise = in_channels == out_channels == g
         self.origin = ConvBN(in_channels, out_channels, k, s, p, 1, g, mode)

@@ -3,16 +3,17 @@ branch and a BN skip, summed. MobileOne nets pair a depthwise kxk block with a p
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Unpack, cast
 
 from torch import Tensor, nn
 
 from ..errors import SpecError
-from ..kernels import KernelBias
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import ConvBN, parallel_forward, parallel_kernel_bias
 
 
+@register_block
 class MobileOneBlock(ReparamBlock):
     family = "mobileone"
 
@@ -25,9 +26,9 @@ class MobileOneBlock(ReparamBlock):
         num_branches: int = 1,
         use_scale: bool = True,
         use_identity: bool = True,
-        **options: object,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         if num_branches < 1:
             raise SpecError(f"mobileone: num_branches={num_branches} must be at least 1")
         s, d, g, mode = self.stride, self.dilation, self.groups, self.padding_mode

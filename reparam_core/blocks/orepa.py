@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import cast
+from typing import Unpack, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import KernelBias, identity_kernel, merge_sequential, pad_to, scale
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias, identity_kernel, merge_sequential, pad_to, scale
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import bn_kernel_bias
 
 
@@ -64,7 +64,7 @@ class _SeqBranch(nn.Module):
     def first_kernel(self) -> Tensor:
         idconv = getattr(self, "weight_orepa_1x1_kxk_idconv1", None)
         if idconv is None:
-            return self.weight_orepa_1x1_kxk_conv1  # type: ignore[no-any-return]
+            return cast(Tensor, self.weight_orepa_1x1_kxk_conv1)
         return idconv + identity_kernel(idconv.shape[0], self.groups, 1, like=idconv)
 
     def kernel(self) -> Tensor:
@@ -123,7 +123,10 @@ class OREPAKernel(nn.Module):
             pad_to(self.weight_orepa_1x1, (k, k)),
             self._dw_separable(),
         )
-        return sum(scale(b, row) for row, b in zip(self.vector, branches, strict=True))  # type: ignore[return-value]
+        kernel = scale(branches[0], self.vector[0])
+        for row, branch in zip(self.vector[1:], branches[1:], strict=True):
+            kernel = kernel + scale(branch, row)
+        return kernel
 
 
 class OREPA1x1Kernel(nn.Module):
@@ -143,6 +146,7 @@ class OREPA1x1Kernel(nn.Module):
         return scale(self.weight_orepa_origin, self.vector[0]) + scale(self.seq.kernel(), self.vector[1])
 
 
+@register_block
 class OREPABlock(ReparamBlock):
     """One conv with the generated kernel, then BN (then SE/activation)."""
 
@@ -156,9 +160,9 @@ class OREPABlock(ReparamBlock):
         kernel_size: int = 3,
         *,
         internal_channels: int | None = None,
-        **options: object,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         self.generator = self._make_generator(internal_channels)
         self.bn = nn.BatchNorm2d(out_channels)
 
@@ -170,7 +174,7 @@ class OREPABlock(ReparamBlock):
         )
 
     def weight_gen(self) -> Tensor:
-        return self.generator()  # type: ignore[no-any-return]
+        return cast(Tensor, self.generator())
 
     def linear_forward(self, x: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
@@ -197,12 +201,13 @@ class LargeKernelGenerator(nn.Module):
         )
 
     def forward(self) -> Tensor:
-        kernel = self.layers[0]()
+        kernel = cast(Tensor, self.layers[0]())
         for layer in self.layers[1:]:
             kernel = _compose(kernel, layer(), self.groups)
-        return kernel  # type: ignore[no-any-return]
+        return kernel
 
 
+@register_block
 class OREPALargeBlock(OREPABlock):
     """OREPA's large-kernel variant (k = 5, 7): the generated kernel is a stack of 3x3 kernels."""
 

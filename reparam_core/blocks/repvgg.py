@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from torch import Tensor, nn
 
-from ..kernels import KernelBias
-from .base import ReparamBlock
+from ..fusion.transforms import KernelBias
+from .base import ConvOptions, ReparamBlock, register_block
 from .branches import ConvBN, parallel_forward, parallel_kernel_bias
 
 
+@register_block
 class RepVGGBlock(ReparamBlock):
     """The identity branch exists when ``in == out`` and ``stride == 1`` (unless ``use_identity=False``)."""
 
@@ -22,9 +25,9 @@ class RepVGGBlock(ReparamBlock):
         *,
         use_1x1: bool = True,
         use_identity: bool = True,
-        **options: object,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, **options)  # type: ignore[arg-type]
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         s, d, g, mode = self.stride, self.dilation, self.groups, self.padding_mode
         self.conv_kxk = ConvBN(in_channels, out_channels, kernel_size, s, self.padding, d, g, mode)
         self.conv_1x1 = ConvBN(in_channels, out_channels, 1, s, 0, 1, g, mode) if use_1x1 else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..kernels import dilate, merge_sequential
+from ..fusion.transforms import dilate, merge_sequential
 
 PAD_TOLERANCE = 1e-12  # a pad value "equals" the map's response to zero input up to fp64 rounding
 

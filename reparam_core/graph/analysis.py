@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..fusion.transforms import bn_scale_shift
 from .affine import (
     AffineMap,
     Refused,
@@ -285,10 +286,10 @@ def _need_map(value: Any) -> AffineMap:
 
 
 def _batch_norm(x: AffineMap, mean: Any, var: Any, weight: Any, bias: Any, eps: float) -> AffineMap:
-    t = (var.double() + eps).rsqrt()
-    if weight is not None:
-        t = t * weight.double()
-    shift = -mean.double() * t + (bias.double() if bias is not None else 0)
+    def f64(value: Any) -> torch.Tensor | None:
+        return value.double() if value is not None else None
+
+    t, shift = bn_scale_shift(mean.double(), var.double(), f64(weight), f64(bias), eps)
     return scale_channels(x, t, shift)
 
 

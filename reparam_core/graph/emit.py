@@ -12,7 +12,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..plain import PaddingMode
+from ..deploy.spec import PaddingMode
 from .affine import AffineMap
 
 

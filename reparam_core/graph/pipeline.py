@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..artifacts import PROGRAM, WEIGHTS, export_program, finish_with_report, staged_folder
 from ..checkpoints import check_values, read_checkpoint
+from ..deploy.artifacts import PROGRAM, WEIGHTS, export_program, finish_with_report, staged_folder
+from ..equivalence import EquivalenceReport, check_equivalence, gate_shapes, resolve_device
 from ..errors import CheckpointError, EquivalenceError, SpecError
-from ..validate import EquivalenceReport, check_equivalence, resolve_device
 from .fuse import GraphFusionReport, fuse_graph
 
 GRAPH_CODE = "graph_module.py"
@@ -53,12 +53,6 @@ def load_factory(reference: str) -> nn.Module:
     return model
 
 
-def small_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    _, c, h, w = shape
-    small = (max(8, h // 2 + 1), max(8, w // 2 + 9))
-    return (1, c, small[0], small[1] + (2 if small[0] == small[1] else 0))
-
-
 def fuse_checkpoint(
     model: nn.Module,
     checkpoint: str | Path,
@@ -86,7 +80,7 @@ def fuse_checkpoint(
     start = time.perf_counter()
     reports = [
         check_equivalence(model, fusion.module, shape, device=device, tolerance=tolerance, seed=i)
-        for i, shape in enumerate((input_shape, small_shape(input_shape)))
+        for i, shape in enumerate(gate_shapes(input_shape))
     ]
     timings["validate"] = time.perf_counter() - start
     if not all(r.passed for r in reports):

@@ -10,12 +10,17 @@ from .base import InferenceBackend
 log = logging.getLogger("reparam.backend")
 
 
+def in_process_backend(settings: Settings) -> InferenceBackend:
+    """The embedded backend: deploy nets in the service process (no Java, no worker isolation)."""
+    from .inprocess import InProcessBackend
+
+    return InProcessBackend(settings.device, settings.batch_size)
+
+
 def select_backend(settings: Settings) -> InferenceBackend:
     """TorchServe (external URL, or managed when Java and torchserve are present), else in-process."""
     if settings.backend == "inprocess":
-        from .inprocess import InProcessBackend
-
-        return InProcessBackend(settings.device, settings.batch_size)
+        return in_process_backend(settings)
     from .torchserve import TorchServeBackend
     from .torchserve_process import find_java_home, torchserve_executable
 
@@ -23,10 +28,8 @@ def select_backend(settings: Settings) -> InferenceBackend:
         return TorchServeBackend(settings)
     if find_java_home() and torchserve_executable():
         return TorchServeBackend(settings)
-    from .inprocess import InProcessBackend
-
     log.warning("Java or TorchServe not found: falling back to the in-process backend")
-    return InProcessBackend(settings.device, settings.batch_size)
+    return in_process_backend(settings)
 
 
-__all__ = ["InferenceBackend", "select_backend"]
+__all__ = ["InferenceBackend", "in_process_backend", "select_backend"]

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reparam_core.serving import SERVING_FILE, ServingOptions
+from reparam_core.deploy import SERVING_FILE, SPEC, WEIGHTS, ServingOptions
 
 HANDLER = Path(__file__).resolve().parent.parent / "torchserve_handler" / "handler.py"
 
@@ -40,9 +40,9 @@ def _archive(name: str, version: int, artifacts: Path, options: Path, store: Pat
         "--handler",
         str(HANDLER),
         "--serialized-file",
-        str(artifacts / "model.safetensors"),
+        str(artifacts / WEIGHTS),
         "--extra-files",
-        f"{artifacts / 'deploy_spec.json'},{options}",
+        f"{artifacts / SPEC},{options}",
         "--export-path",
         str(store),
         "--force",

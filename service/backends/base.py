@@ -7,7 +7,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from reparam_core.serving import ServingOptions
+from reparam_core.deploy import ServingOptions
 
 
 class InferenceBackend(Protocol):

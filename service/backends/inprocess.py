@@ -14,15 +14,15 @@ from pathlib import Path
 
 from torch import Tensor
 
-from reparam_core.artifacts import load_artifacts
-from reparam_core.serving import (
+from reparam_core import resolve_device
+from reparam_core.deploy import (
     ServingModel,
     ServingOptions,
     exact_fp32,
+    load_artifacts,
     prepare_for_serving,
     warmup_batch_sizes,
 )
-from reparam_core.validate import resolve_device
 
 from ..errors import BackendUnavailable
 

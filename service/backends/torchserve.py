@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 from torch import Tensor
 
-from reparam_core.serving import ServingOptions
+from reparam_core.deploy import ServingOptions
 
 from ..config import Settings
 from ..errors import BackendUnavailable
-from . import wire
+from ..torchserve_handler import wire
 from .archive import archive_name, build_mar
 from .torchserve_process import TorchServeProcess
 

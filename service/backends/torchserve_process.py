@@ -1,6 +1,6 @@
 """A TorchServe process owned by the service: secure config, start, wait until ready, stop.
 
-Security (TORCHSERVE_FACTS.md): every API bound to loopback; the model register/delete API enabled
+Security (docs/security.md): every API bound to loopback; the model register/delete API enabled
 (it is only reachable from this host) with token auth off for that reason; ``allowed_urls``
 restricted to the model store, so registration cannot fetch archives from elsewhere (the
 ShellTorch SSRF chain); Prometheus metrics on; no config snapshots (the service re-registers

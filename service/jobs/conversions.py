@@ -17,15 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reparam_core.convert import convert
-from reparam_core.errors import EquivalenceError, ReparamError
-from reparam_core.serving import ServingOptions
-from reparam_core.spec import ArchSpec
+from reparam_core import ArchSpec, EquivalenceError, ReparamError, ServingOptions, convert
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
 from ..metrics import Metrics
-from ..store import LocalArtifactStore, MetadataStore, VersionCache, VersionRecord
+from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
 
 log = logging.getLogger("reparam.jobs")
 
@@ -68,7 +65,7 @@ class Conversions:
         settings: Settings,
         metadata: MetadataStore,
         versions: VersionCache,
-        artifacts: LocalArtifactStore,
+        artifacts: ArtifactStore,
         backend: InferenceBackend,
         metrics: Metrics,
     ) -> None:

@@ -14,8 +14,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from reparam_core.serving import parse_serving
-from reparam_core.spec import parse_spec
+from reparam_core import parse_serving, parse_spec
 
 from ..deps import ConversionsDep, MetadataDep, SettingsDep, TokenDep
 from ..errors import BadInput, NotFound

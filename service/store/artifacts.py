@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from reparam_core.artifacts import PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file, write_artifacts
-from reparam_core.convert import ConversionResult
+from reparam_core import ConversionResult
+from reparam_core.deploy import PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file
 
 from ..config import Settings
 
@@ -42,7 +42,7 @@ class LocalArtifactStore:
         staging = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
         try:
             folder = staging / "artifacts"
-            write_artifacts(result, folder, export=export)
+            result.save(folder, export=export)
             digest = sha256_file(folder / WEIGHTS)
             final = self.local_path(digest)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -60,5 +60,5 @@ class LocalArtifactStore:
         shutil.rmtree(self.local_path(digest), ignore_errors=True)
 
 
-def artifact_store_from_settings(settings: Settings) -> LocalArtifactStore:
+def artifact_store_from_settings(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(settings.resolved_artifacts_dir)

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from reparam_core.serving import ServingOptions
+from reparam_core.deploy import ServingOptions
 
 
 class _Base(DeclarativeBase):

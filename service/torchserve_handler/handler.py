@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from reparam_core.artifacts import load_artifacts
-from reparam_core.serving import (
+from reparam_core.deploy import (
     SERVING_FILE,
     ServingModel,
     exact_fp32,
+    load_artifacts,
     parse_serving,
     prepare_for_serving,
     warmup_batch_sizes,
 )
-from service.backends.wire import pack, unpack
+from service.torchserve_handler.wire import pack, unpack
 
 
 class ReparamHandler(BaseHandler):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from reparam_core import BLOCKS, check_equivalence, reparameterize
 from reparam_core.layers import SESpec
-from tests.support import randomize_
+from tests.helpers import randomize_
 
 FAMILIES = BLOCKS.names()
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from reparam_core import BLOCKS, ConversionError, check_equivalence, reparameterize
-from reparam_core.build import build_train_model
+from reparam_core.arch import build_train_model
 from reparam_core.graph import fuse_graph
 from reparam_core.layers import SESpec
-from tests.support import randomize_
+from tests.helpers import randomize_
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

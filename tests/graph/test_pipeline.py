@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reparam_core.cli import main
-from tests.support import randomize_
+from tests.helpers import randomize_
 
 FACTORY = """
 import torch.nn as nn

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from reparam_core import convert
 from service.app import create_app
 from service.config import Settings
-from tests.service.conftest import SPEC, convert_form
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import convert_form, wait_for
 
 
 def stored_files(settings: Settings) -> list[Path]:
@@ -87,15 +91,15 @@ def test_token_required_when_configured(settings: Settings, checkpoint: Path) ->
         assert client.get("/models/tiny").status_code == 200  # reads stay open
 
 
+def finished_job(client: TestClient, status_url: str) -> dict | None:
+    job = client.get(status_url).json()
+    return job if job["status"] in {"succeeded", "failed"} else None
+
+
 def test_async_conversion_returns_202_and_a_job_to_poll(client: TestClient, checkpoint: Path) -> None:
     accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
     assert accepted.status_code == 202 and accepted.headers["Location"] == accepted.json()["status_url"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = client.get(accepted.json()["status_url"]).json()
-        if job["status"] in {"succeeded", "failed"}:
-            break
-        time.sleep(0.1)
+    job = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
     assert job["status"] == "succeeded" and job["result"]["version"] == 1
     assert client.get(job["links"]["version"]).status_code == 200
     assert client.get("/jobs/unknown").status_code == 404
@@ -103,10 +107,7 @@ def test_async_conversion_returns_202_and_a_job_to_poll(client: TestClient, chec
 
 def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoint: Path) -> None:
     accepted = client.post("/convert?wait=false", **convert_form(checkpoint, tolerance="1e-30"))
-    deadline = time.monotonic() + 60
-    while (job := client.get(accepted.json()["status_url"]).json())["status"] not in {"succeeded", "failed"}:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    job = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
     assert (
         job["status"] == "failed"
         and job["result"]["status"] == 422
@@ -114,9 +115,24 @@ def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoin
     )
 
 
-def test_long_conversion_does_not_block_other_requests(client: TestClient, checkpoint: Path) -> None:
+def test_a_running_conversion_does_not_block_other_requests(
+    client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversion is held inside its worker until /healthz has answered: if it ran on the event
+    loop, /healthz could only answer after the hold timed out, and the job would be over by then."""
+    started, release = threading.Event(), threading.Event()
+
+    def held_convert(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(timeout=30)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr("service.jobs.conversions.convert", held_convert)
     accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
-    started = time.perf_counter()
-    assert client.get("/healthz").status_code == 200
-    assert time.perf_counter() - started < 1.0
     assert accepted.status_code == 202
+    assert started.wait(timeout=30), "the conversion never started"
+    assert client.get("/healthz").status_code == 200
+    still_running = client.get(accepted.json()["status_url"]).json()["status"] == "running"
+    release.set()
+    assert still_running
+    assert wait_for(lambda: finished_job(client, accepted.json()["status_url"]))["status"] == "succeeded"

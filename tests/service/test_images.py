@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reparam_core.serving import PixelNormaliser
+from reparam_core.deploy import PixelNormaliser
 from service.errors import BadInput
 from service.images import image_to_pixels
 

@@ -10,21 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from reparam_core.artifacts import write_artifacts
-from reparam_core.build import build_train_model
-from reparam_core.convert import convert
-from reparam_core.serving import ServingModel, ServingOptions
+from reparam_core.arch import build_train_model
+from reparam_core.conversion import convert
+from reparam_core.deploy import ServingModel, ServingOptions
 from service.backends.inprocess import InProcessBackend
 from service.errors import BackendUnavailable
-from tests.service.conftest import SPEC
-from tests.support import randomize_
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import randomize_
 
 
 @pytest.fixture()
 def artifacts(tmp_path: Path) -> Path:
-    write_artifacts(
-        convert(SPEC, randomize_(build_train_model(SPEC)).state_dict()), tmp_path / "m", export=False
-    )
+    (convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())).save(tmp_path / "m", export=False)
     return tmp_path / "m"
 
 

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load
 
 from service.config import Settings
-from tests.service.conftest import SPEC, convert_form, make_checkpoint
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import convert_form, make_checkpoint
 
 
 def test_list_describe_download_delete(

@@ -9,12 +9,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from reparam_core.build import build_train_model
+from reparam_core.arch import build_train_model
 from service.app import create_app
 from service.config import Settings
 from service.errors import BackendUnavailable
-from tests.service.conftest import SPEC, convert_form, model_input, png_bytes
-from tests.support import randomize_
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import convert_form, model_input, png_bytes, randomize_
 
 
 @pytest.fixture()

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from fastapi.testclient import TestClient
 
-from reparam_core.serving import ServingOptions
+from reparam_core.deploy import ServingOptions
 from service.app import create_app
 from service.config import Settings
 from service.store import MetadataStore
-from tests.service.conftest import SPEC, convert_form, model_input, png_bytes
-from tests.service.test_predict_route import training_probabilities
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import convert_form, model_input, png_bytes, training_probabilities
 
 BF16 = '{"precision": "bf16", "channels_last": false}'
 

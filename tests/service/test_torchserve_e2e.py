@@ -11,13 +11,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from reparam_core.build import build_train_model
+from reparam_core.arch import build_train_model
 from service.app import create_app
 from service.backends.torchserve_process import find_java_home, torchserve_executable
 from service.config import Settings
-from tests.service.conftest import SPEC as TINY
-from tests.service.conftest import convert_form, model_input, png_bytes
-from tests.support import randomize_
+from tests.helpers import SERVICE_SPEC as TINY
+from tests.helpers import convert_form, model_input, png_bytes, randomize_
 
 pytestmark = pytest.mark.skipif(
     find_java_home() is None or torchserve_executable() is None,

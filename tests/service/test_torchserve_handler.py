@@ -6,14 +6,13 @@ from pathlib import Path
 
 import torch
 
-from reparam_core.artifacts import write_artifacts
-from reparam_core.build import build_train_model
-from reparam_core.convert import convert
-from reparam_core.serving import SERVING_FILE, PixelNormaliser, ServingOptions
-from service.backends.wire import pack, unpack
+from reparam_core.arch import build_train_model
+from reparam_core.conversion import convert
+from reparam_core.deploy import SERVING_FILE, PixelNormaliser, ServingOptions
 from service.torchserve_handler.handler import ReparamHandler
-from tests.service.conftest import SPEC
-from tests.support import randomize_
+from service.torchserve_handler.wire import pack, unpack
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import randomize_
 
 
 class FakeContext:
@@ -23,7 +22,7 @@ class FakeContext:
 
 def test_batched_requests_get_their_own_rows_in_order(tmp_path: Path) -> None:
     result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())
-    write_artifacts(result, tmp_path / "model", export=False)
+    result.save(tmp_path / "model", export=False)
     handler = ReparamHandler()
     handler.initialize(FakeContext(tmp_path / "model"))
     first, second = torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32)
@@ -39,7 +38,7 @@ def test_batched_requests_get_their_own_rows_in_order(tmp_path: Path) -> None:
 
 def test_serving_json_in_the_archive_is_applied(tmp_path: Path) -> None:
     result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())
-    write_artifacts(result, tmp_path / "model", export=False)
+    result.save(tmp_path / "model", export=False)
     (tmp_path / "model" / SERVING_FILE).write_text('{"precision": "bf16", "channels_last": true}')
     handler = ReparamHandler()
     handler.initialize(FakeContext(tmp_path / "model"))
@@ -54,7 +53,7 @@ def test_serving_json_in_the_archive_is_applied(tmp_path: Path) -> None:
 
 def test_pixels_floats_and_other_sizes_in_one_batch(tmp_path: Path) -> None:
     result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict())
-    write_artifacts(result, tmp_path / "model", export=False)
+    result.save(tmp_path / "model", export=False)
     handler = ReparamHandler()
     handler.initialize(FakeContext(tmp_path / "model"))
     pixels = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)

@@ -1,0 +1,123 @@
+"""ArchSpec: what network a checkpoint belongs to, as JSON or YAML.
+
+Minimal form: ``{"family": "repvgg", "variant": "B1g4", "num_classes": 1000}``. RepVGG-style nets
+can swap their block (``"block": "acb" | "dbb" | "orepa" | "csla" | ...``). Instead of a
+``variant``, ``stem`` + ``stages`` describe a custom net explicitly. Stride, padding mode,
+dilation, BN eps, activation and SE placement cannot be read from a checkpoint's shapes: they
+come from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..blocks import BLOCKS
+from ..deploy.preprocess import Preprocess
+from ..deploy.spec import PaddingMode
+from ..errors import SpecError, describe_validation_error
+from ..layers import ACTIVATIONS
+from . import mobileone, vgg  # noqa: F401  (registers the families)
+from .layout import FAMILIES, Family
+from .stages import StageSpec, StemSpec
+
+
+class ArchSpec(BaseModel):
+    """A training net: a family preset (``variant``) or explicit ``stem`` + ``stages``, and what
+    a checkpoint cannot tell (strides, padding mode, activation, BN eps, SE, preprocessing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str
+    variant: str | None = None
+    block: str | None = None
+    stem: StemSpec | None = None
+    stages: list[StageSpec] | None = None
+    num_classes: int = Field(default=1000, gt=0)
+    in_channels: int = Field(default=3, gt=0)
+    input_size: tuple[int, int] = (224, 224)
+    activation: str = "relu"
+    padding_mode: PaddingMode = "zeros"
+    bn_eps: float = Field(default=1e-5, gt=0)
+    num_branches: int | None = Field(default=None, gt=0, description="MobileOne kxk branches")
+    block_options: dict[str, Any] = Field(default_factory=dict)
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+    labels: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ArchSpec:
+        family = self.family_info  # unknown names are refused with the known ones listed
+        explicit = self.stages is not None or self.stem is not None
+        if self.variant is None and not explicit:
+            raise ValueError("give 'variant' (a preset) or 'stem' + 'stages' (a custom net)")
+        if self.variant is not None and explicit:
+            raise ValueError("give either 'variant' (a preset) or 'stem' + 'stages' (a custom net), not both")
+        if explicit and (self.stem is None or not self.stages):
+            raise ValueError("a custom net needs both 'stem' and a non-empty 'stages' list")
+        if self.variant is not None and self.variant not in family.presets:
+            known = ", ".join(family.presets)
+            raise ValueError(f"unknown {self.family} variant {self.variant!r}; known: {known}")
+        block = self.block_family
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; known: {', '.join(BLOCKS.names())}")
+        allowed = family.allowed_blocks
+        if allowed is not None and block not in allowed:
+            raise ValueError(f"family {self.family!r} takes block {sorted(allowed)}, not {block!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS.names())}"
+            )
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for num_classes={self.num_classes}")
+        if min(self.input_size) < 1:
+            raise ValueError(f"input_size {self.input_size} must be positive")
+        return self
+
+    @property
+    def family_info(self) -> Family:
+        return FAMILIES.get(self.family)
+
+    @property
+    def block_family(self) -> str:
+        return (self.block or self.family_info.default_block).lower()
+
+    @property
+    def name(self) -> str:
+        """Human-readable architecture name, e.g. ``repvgg-B1g4`` or ``repvgg[dbb]-custom``."""
+        block = f"[{self.block_family}]" if self.block_family != self.family_info.default_block else ""
+        return f"{self.family}{block}-{self.variant or 'custom'}"
+
+
+def parse_spec(source: ArchSpec | dict[str, Any] | str | Path) -> ArchSpec:
+    """Accept an ArchSpec, a dict, JSON/YAML text, or a path to a .json/.yaml/.yml file."""
+    if isinstance(source, ArchSpec):
+        return source
+    data: Any = source
+    if isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
+        path = Path(source)
+        try:
+            data = path.read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+    if isinstance(data, str):
+        try:
+            data = yaml.safe_load(data)  # YAML is a superset of JSON
+        except yaml.YAMLError as exc:
+            raise SpecError(f"spec is neither valid JSON nor YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec must be a mapping, got {type(data).__name__}")
+    try:
+        return ArchSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc, "spec")) from None
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        "\n" not in text
+        and not text.lstrip().startswith(("{", "["))
+        and text.endswith((".json", ".yaml", ".yml"))
+    )

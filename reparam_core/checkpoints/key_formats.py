@@ -1,0 +1,183 @@
+"""Checkpoint key layouts: ours, the papers' official code, timm and MMPretrain, mapped onto ours.
+
+The layout is detected, not declared: every known format's renaming is tried and the one that
+matches the model's own keys best wins. Whether a checkpoint is in training or deploy (already
+fused) form is read from the keys too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+Rule = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
+
+
+def _rules(*pairs: tuple[str, str | Callable[[re.Match[str]], str]]) -> tuple[Rule, ...]:
+    return tuple((re.compile(pattern), replacement) for pattern, replacement in pairs)
+
+
+def _stage(offset: int) -> Callable[[re.Match[str]], str]:
+    return lambda m: f"stages.{int(m.group(1)) - offset}."
+
+
+@dataclass(frozen=True)
+class KeyFormat:
+    """A source layout: regex renames applied in order, constant buffers to drop, and the keys
+    that only this layout has (``markers``, to name it without a model to match against)."""
+
+    name: str
+    rules: tuple[Rule, ...] = ()
+    drop: re.Pattern[str] | None = None
+    markers: re.Pattern[str] | None = None
+
+    def map_key(self, key: str) -> str:
+        for pattern, replacement in self.rules:
+            key = pattern.sub(replacement, key)
+        return key
+
+    def apply(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {self.map_key(k): v for k, v in state.items() if not (self.drop and self.drop.search(k))}
+
+
+_BLOCK_OFFICIAL = (
+    # RepVGG (DingXiaoH/RepVGG) and RepOpt-VGG
+    (r"\.rbr_dense\.", ".conv_kxk."),
+    (r"\.rbr_1x1\.", ".conv_1x1."),
+    (r"\.rbr_identity\.", ".identity."),
+    (r"\.se\.down\.", ".se.reduce."),
+    (r"\.se\.up\.", ".se.expand."),
+    # MobileOne (apple/ml-mobileone)
+    (r"\.rbr_conv\.", ".conv_kxk."),
+    (r"\.rbr_scale\.", ".conv_scale."),
+    (r"\.rbr_skip\.", ".identity."),
+    # ACNet
+    (r"\.(square|ver|hor)_conv\.", r".\1.conv."),
+    (r"\.(square|ver|hor)_bn\.", r".\1.bn."),
+    # DBB
+    (r"\.dbb_origin\.", ".origin."),
+    (r"\.dbb_1x1_kxk\.(idconv1|conv1)\.", ".seq_conv1."),
+    (r"\.dbb_1x1_kxk\.bn1\.bn\.", ".seq_bn_pad.bn."),
+    (r"\.dbb_1x1_kxk\.conv2\.", ".seq_conv2."),
+    (r"\.dbb_1x1_kxk\.bn2\.", ".seq_bn."),
+    (r"\.dbb_1x1\.", ".conv_1x1."),
+    (r"\.dbb_avg\.conv\.", ".avg_conv."),
+    (r"\.dbb_avg\.bn\.bn\.", ".avg_bn_pad.bn."),
+    (r"\.dbb_avg\.avgbn\.", ".avg_bn."),
+    # OREPA: generated-kernel parameters live under .generator (large kernel: .generator.layers.i)
+    (r"\.weight(\d+)\.", r".generator.layers.\1."),
+    (r"^((?:stem|stages\.\d+\.\d+))\.(weight_orepa_\w+|vector)$", r"\1.generator.\2"),
+    (r"\.(weight_orepa_1x1_kxk_\w+)$", r".seq.\1"),
+)
+
+FORMATS: tuple[KeyFormat, ...] = (
+    KeyFormat("native"),
+    KeyFormat(
+        "official",
+        _rules(
+            (r"^stage0\.", "stem."),
+            (r"^stage(\d+)\.", _stage(1)),
+            (r"^linear\.", "head.fc."),
+            *_BLOCK_OFFICIAL,
+        ),
+        drop=re.compile(r"(\.id_tensor|\.weight_orepa_avg_avg)$"),
+        markers=re.compile(r"^stage0\.|^linear\.|\.(rbr_\w+|square_conv|dbb_\w+|weight_orepa_\w+)"),
+    ),
+    KeyFormat(
+        "timm",
+        _rules((r"\.attn\.fc1\.", ".se.reduce."), (r"\.attn\.fc2\.", ".se.expand.")),
+        markers=re.compile(r"\.attn\.fc[12]\.|\.reparam_conv\."),
+    ),
+    KeyFormat(
+        "mmpretrain",
+        _rules(
+            (r"^backbone\.(stem|stage_?0)\.", "stem."),
+            (r"^backbone\.stage_?(\d+)\.", _stage(1)),
+            (r"\.branch_3x3\.", ".conv_kxk."),
+            (r"\.branch_1x1\.", ".conv_1x1."),
+            (r"\.branch_conv_list\.", ".conv_kxk."),
+            (r"\.branch_scale\.", ".conv_scale."),
+            (r"\.branch_norm\.", ".identity."),
+            (r"\.norm\.", ".bn."),
+            (r"\.(se_layer|se)\.conv1\.conv\.", ".se.reduce."),
+            (r"\.(se_layer|se)\.conv2\.conv\.", ".se.expand."),
+        ),
+        markers=re.compile(r"^backbone\.|\.branch_(3x3|1x1|norm|conv_list|scale|reparam)\."),
+    ),
+)
+FORMATS_BY_NAME = {fmt.name: fmt for fmt in FORMATS}
+
+# Keys that only a fused (deploy-form) checkpoint has, by source.
+DEPLOY_MARKERS = re.compile(
+    r"\.(rbr_reparam|reparam_conv|branch_reparam|fused_conv|dbb_reparam|orepa_reparam)\."
+)
+
+FAMILY_MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("mobileone", re.compile(r"\.(conv_kxk\.\d+|rbr_conv|branch_conv_list)\.")),
+    ("orepa", re.compile(r"weight_orepa_")),
+    ("dbb", re.compile(r"\.(dbb_origin|origin)\.")),
+    ("acb", re.compile(r"\.(square_conv|square\.conv)\.")),
+    ("csla", re.compile(r"\.scale_conv\.")),
+    ("repvgg", re.compile(r"\.(rbr_dense|conv_kxk|branch_3x3)\.")),
+    ("conv_bn", re.compile(r"\.conv\.weight$")),
+)
+
+
+@dataclass(frozen=True)
+class FormatMatch:
+    """The best layout for a checkpoint against a model's expected keys."""
+
+    format: str
+    state: dict[str, Tensor]
+    matched: int
+    expected: int
+
+    @property
+    def coverage(self) -> float:
+        return self.matched / self.expected if self.expected else 0.0
+
+
+def detect_format(state: dict[str, Tensor], expected: Iterable[str]) -> FormatMatch:
+    """Try every format; the one whose renamed keys hit most of ``expected`` wins (ties: listed order)."""
+    wanted = set(expected)
+    best: FormatMatch | None = None
+    for fmt in FORMATS:
+        mapped = fmt.apply(state)
+        hits = len(wanted.intersection(mapped))
+        if best is None or hits > best.matched:
+            best = FormatMatch(fmt.name, mapped, hits, len(wanted))
+        if hits == len(wanted) == len(mapped):  # a perfect fit: no other layout can do better
+            break
+    assert best is not None
+    return best
+
+
+def identify_format(keys: Iterable[str]) -> KeyFormat:
+    """The layout whose characteristic keys appear most (``native`` when none stands out), for a
+    checkpoint with no model to match against (:func:`detect_format` is the exact test)."""
+    keys = list(keys)
+    counts = {
+        fmt: sum(1 for k in keys if fmt.markers.search(k)) for fmt in FORMATS if fmt.markers is not None
+    }
+    best, count = max(counts.items(), key=lambda item: item[1])
+    return best if count else FORMATS_BY_NAME["native"]
+
+
+def is_deploy_form(keys: Iterable[str], deploy_expected: Iterable[str] = ()) -> bool:
+    """Deploy (already fused) if it carries a fused-conv key of any known source, or our own deploy keys."""
+    keys = list(keys)
+    if any(DEPLOY_MARKERS.search(k) for k in keys):
+        return True
+    deploy = set(deploy_expected)
+    return bool(deploy) and deploy.issubset(set(keys))
+
+
+def guess_family(keys: Iterable[str]) -> str | None:
+    """The block family whose characteristic keys appear most (for ``reparam inspect``)."""
+    keys = list(keys)
+    counts = {name: sum(1 for k in keys if pattern.search(k)) for name, pattern in FAMILY_MARKERS}
+    name, count = max(counts.items(), key=lambda item: item[1])
+    return name if count else None

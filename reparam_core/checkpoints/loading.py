@@ -1,0 +1,82 @@
+"""Loading a checkpoint's tensors into a training net, strictly, whatever layout they come in.
+
+The layout is matched against the net's own keys (:func:`~.key_formats.detect_format`); a
+deploy-form checkpoint, a checkpoint of another architecture, missing or unexpected keys and
+shape mismatches are all refused, each offender named.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import ReparamBlock
+from ..errors import CheckpointError
+from .key_formats import detect_format, guess_family, is_deploy_form
+from .reading import listing
+
+MIN_COVERAGE = 0.5  # below this share of expected keys, the checkpoint is of another architecture
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) -> str:
+    """Map ``state`` onto ``model`` (built on the meta device) and load it; returns the format name.
+
+    Floats are loaded as float64 (conv kernels of row-separable nets keep their dtype: fusion
+    computes in float64 by type promotion). Every missing key, unexpected key and shape mismatch
+    is reported at once.
+    """
+    expected = model.state_dict()
+    blocks = [name for name, m in model.named_modules() if isinstance(m, ReparamBlock)]
+    fused_keys = [f"{name}.conv.{leaf}" for name in blocks for leaf in ("weight", "bias")]
+    if is_deploy_form(state, fused_keys):
+        raise CheckpointError(
+            "checkpoint is in deploy form (its blocks are already fused into single convs); "
+            "conversion needs the training-form checkpoint with every branch"
+        )
+    match = detect_format(state, expected)
+    if match.coverage < MIN_COVERAGE:
+        family = guess_family(state)
+        looks = f"; its keys look like a {family!r} checkpoint" if family else ""
+        raise CheckpointError(
+            f"checkpoint does not fit the spec: only {match.matched} of {match.expected} expected keys "
+            f"found in any known layout (native, official, timm, mmpretrain){looks}; "
+            f"e.g. it has {', '.join(list(state)[:3])}"
+        )
+    mapped = match.state
+    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    _check_keys(expected, mapped, optional, match.format)
+    separable = all(m.row_separable for m in model.modules() if isinstance(m, ReparamBlock))
+    tensors = {k: _to(v, device, keep_kernels=separable) for k, v in mapped.items()}
+    for key in optional - tensors.keys():
+        tensors[key] = torch.zeros((), dtype=torch.long, device=device)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return match.format
+
+
+def _check_keys(
+    expected: dict[str, Tensor], mapped: dict[str, Tensor], optional: set[str], layout: str
+) -> None:
+    missing = [k for k in expected if k not in mapped and k not in optional]
+    unexpected = [k for k in mapped if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in mapped and mapped[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {listing(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch in {listing(shapes)}")
+    if problems:
+        raise CheckpointError(f"checkpoint ({layout} layout) does not match the spec: " + "; ".join(problems))
+
+
+def _to(tensor: Tensor, device: torch.device, keep_kernels: bool) -> Tensor:
+    """Move to ``device``; floats become float64, except conv kernels when fusion only scales them
+    (the fused result is float64 by type promotion; the net is upcast whole only to be validated)."""
+    if not tensor.is_floating_point() or (keep_kernels and tensor.ndim == 4):
+        return tensor.to(device=device)
+    return tensor.to(device=device, dtype=torch.float64)

@@ -1,0 +1,183 @@
+"""The conversion pipeline: checkpoint + spec -> verified plain deploy net.
+
+Steps (each timed): read the checkpoint safely, build the training net without allocating
+weights, map and strictly check the keys, load in float64 on the device, fuse every block, prove
+equivalence (float64 gate at the spec's input size and at a smaller non-square size; float32
+error of the stored weights reported and bounded), cast to the storage dtype.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from .arch import ArchSpec, build_train_model, parse_spec
+from .checkpoints import check_values, load_into, read_checkpoint
+from .deploy import DeploySpec, PlainNet, ServingOptions, build_deploy_model, write_artifacts
+from .equivalence import EquivalenceReport, resolve_device
+from .errors import EquivalenceError
+from .fusion.reparameterize import count_convs, reparameterize
+from .fusion.row_blocks import fused_state_dict
+from .gate import ServingReport, check_serving, run_gate
+
+
+class ConversionReport(BaseModel):
+    """What was converted and how closely the deploy net reproduces the training net."""
+
+    arch: str
+    checkpoint_format: str
+    checkpoint_notes: list[str]
+    device: str
+    tolerance: float
+    passed: bool
+    fp64: list[EquivalenceReport]
+    fp32: EquivalenceReport | None
+    fp32_train: EquivalenceReport | None
+    serving: ServingReport | None = None
+    params_train: int
+    params_deploy: int
+    convs_train: int
+    convs_deploy: int
+    torch_version: str
+
+
+@dataclass
+class ConversionResult:
+    deploy_model: PlainNet
+    deploy_spec: DeploySpec
+    report: ConversionReport
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.deploy_model.state_dict().items()}
+
+    def save(self, out_dir: str | Path, *, export: bool = True) -> dict[str, str]:
+        """Write the artifacts (weights, deploy spec, report, optionally the exported program) to
+        ``out_dir``, atomically; returns the sha256 of every file."""
+        report = {"report": self.report.model_dump(mode="json"), "timings": self.timings}
+        return write_artifacts(self.deploy_model, self.deploy_spec, report, out_dir, export=export)
+
+
+class _Timer:
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.progress is not None:
+            self.progress(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.timings[name] = round(time.perf_counter() - start, 6)
+
+
+def convert(
+    spec: ArchSpec | dict[str, Any] | str | Path,
+    checkpoint: str | Path | bytes | dict[str, Tensor],
+    *,
+    device: str | torch.device = "auto",
+    validate: bool = True,
+    tolerance: float = 1e-9,
+    storage_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    checkpoint_name: str | None = None,
+    serving: ServingOptions | None = None,
+) -> ConversionResult:
+    """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
+    report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
+    ``progress`` is called with each stage's name as it starts; ``checkpoint_name`` is how errors
+    name the checkpoint (default: its path). With ``serving``, the net prepared that way (precision,
+    memory format, compilation) is checked too, in its own stage, and held to the same bound
+    relative to the training net run in that precision."""
+    timer = _Timer(progress)
+    target = resolve_device(device)
+    with timer.stage("parse"):
+        arch = parse_spec(spec)
+    with timer.stage("read"):
+        if isinstance(checkpoint, dict):
+            state, notes = dict(checkpoint), list[str]()
+        else:
+            state, notes = read_checkpoint(checkpoint, checkpoint_name)
+        check_values(state)
+    with timer.stage("build"):
+        model = build_train_model(arch, device="meta")
+        fmt = load_into(model, state, target)
+        model.eval()
+    with timer.stage("fuse"):
+        weights = fused_state_dict(model, storage_dtype)
+    with timer.stage("assemble"):
+        deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
+        stored = _storage_model(deploy_spec, weights)
+    fp64: list[EquivalenceReport] = []
+    fp32 = fp32_train = served = None
+    if validate:
+        with timer.stage("validate"):
+            # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
+            deploy = reparameterize(model.double())
+            shape = (2, arch.in_channels, *arch.input_size)
+            gate = run_gate(model, deploy, stored, shape, target, tolerance, seed)
+            fp64, fp32, fp32_train = gate.fp64, gate.stored, gate.stored_train
+        if serving is not None:
+            with timer.stage("serving"):
+                served = check_serving(model, stored, deploy_spec, serving, target, gate)
+    report = ConversionReport(
+        arch=arch.name,
+        checkpoint_format=fmt,
+        checkpoint_notes=notes,
+        device=str(target),
+        tolerance=tolerance,
+        passed=all(r.passed for r in fp64)
+        and (fp32 is None or fp32.passed)
+        and (served is None or served.equivalence.passed),
+        fp64=fp64,
+        fp32=fp32,
+        fp32_train=fp32_train,
+        serving=served,
+        params_train=_params(model),
+        params_deploy=_params(stored),
+        convs_train=count_convs(model),
+        convs_deploy=count_convs(stored),
+        torch_version=torch.__version__,
+    )
+    if validate and not report.passed:
+        raise EquivalenceError(f"equivalence gate failed for {arch.name}: {_failures(report)}", report)
+    return ConversionResult(stored, deploy_spec, report, timer.timings)
+
+
+def _failures(report: ConversionReport) -> str:
+    failed = [r for r in report.fp64 if not r.passed]
+    if report.fp32 is not None and not report.fp32.passed:
+        failed.append(report.fp32)
+    if report.serving is not None and not report.serving.equivalence.passed:
+        failed.append(report.serving.equivalence)
+    return "; ".join(
+        f"{r.dtype} at {'x'.join(map(str, r.input_shape))}: max relative error {r.max_rel_error:.3e} "
+        f"> tolerance {r.tolerance or 0:.3g}"
+        for r in failed
+    )
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _storage_model(spec: DeploySpec, weights: dict[str, Tensor]) -> PlainNet:
+    """The deploy net rebuilt from its spec alone (as a server will), holding ``weights`` on the CPU."""
+    with torch.device("meta"):
+        plain = build_deploy_model(spec)
+    plain.load_state_dict({k: v.to("cpu") for k, v in weights.items()}, strict=True, assign=True)
+    return plain.eval()

@@ -1,0 +1,210 @@
+"""How a deploy net is run when served: precision, memory format, grad mode, compilation, warm-up.
+
+Chosen per model version when it is registered (:class:`ServingOptions`) and applied the same way
+by every backend through :class:`ServingModel`. A version is only marked ready after its warm-up,
+so the first request never pays for cuDNN autotuning or ``torch.compile``. Served nets take
+either preprocessed float batches ``[N, C, H, W]`` or raw ``uint8`` pixels ``[N, H, W, C]``, which
+they normalise themselves (:class:`PixelNormaliser`): a quarter of the bytes on the wire, and the
+arithmetic done where the model runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from ..equivalence import random_input, set_tf32
+from ..errors import ConversionError, SpecError, describe_validation_error
+from .preprocess import PixelNormaliser
+from .spec import DeploySpec
+
+Precision = Literal["fp32", "fp16", "bf16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ServingOptions(BaseModel):
+    """Per-version serving fast paths.
+
+    ``precision``: weights and activations in float32, float16 or bfloat16 (reduced precision pays
+    off on CUDA and on CPUs with bf16 matrix units; elsewhere it can be slower than float32).
+    ``channels_last``: NHWC memory format (faster on CPU oneDNN and on tensor cores).
+    ``inference_mode``: ``torch.inference_mode`` rather than ``torch.no_grad``. ``compile``:
+    ``torch.compile`` with ``compile_mode`` (needs a C++ compiler on CPU; the time it takes is
+    reported). ``warmup_iterations``: forward passes per warm-up batch size before the version is
+    marked ready.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Precision = "fp32"
+    channels_last: bool = True
+    inference_mode: bool = True
+    compile: bool = False
+    compile_mode: CompileMode = "default"
+    warmup_iterations: int = Field(default=2, ge=0, le=100)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+def parse_serving(value: ServingOptions | dict[str, Any] | str | None) -> ServingOptions:
+    """Serving options from JSON text, a dict, or None (the defaults); ``SpecError`` names bad fields."""
+    if isinstance(value, ServingOptions):
+        return value
+    try:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return ServingOptions()
+        if isinstance(value, str):
+            return ServingOptions.model_validate_json(value)
+        return ServingOptions.model_validate(value)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc, "serving")) from None
+
+
+class ServingModel:
+    """A deploy net prepared for serving (``model`` is moved and cast in place: pass a net this
+    object may own). ``logits(batch)`` runs it in the serving precision;
+    ``probabilities(batch)`` returns float32 softmax rows on the CPU. Safe to call from several
+    threads (a compiled net is called under a lock, so guards and recompiles never interleave)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        options: ServingOptions,
+        device: torch.device | str,
+        normaliser: PixelNormaliser | None = None,
+    ) -> None:
+        self.options = options
+        self.device = torch.device(device)
+        self.normaliser = normaliser
+        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        prepared = model.eval().to(device=self.device, dtype=options.dtype)
+        if options.channels_last:
+            prepared = prepared.to(memory_format=torch.channels_last)
+        self.eager = prepared
+        if options.compile and self.device.type == "cpu":
+            _require_cpp_compiler()
+        self.module: Any = (
+            torch.compile(prepared, mode=options.compile_mode, dynamic=None) if options.compile else prepared
+        )
+        self._lock = threading.Lock() if options.compile else contextlib.nullcontext()
+        self.compile_seconds: float | None = None
+        self.warmup_seconds = 0.0
+
+    def _mode(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.inference_mode() if self.options.inference_mode else torch.no_grad()
+
+    def model_input(self, batch: Tensor) -> Tensor:
+        """A float batch, or uint8 pixels normalised, on the device in the serving dtype and layout."""
+        with self._mode():
+            if batch.dtype == torch.uint8:
+                if self.normaliser is None:
+                    raise ValueError("this served net was prepared without pixel normalisation")
+                batch = self.normaliser(batch)
+            x = batch.to(device=self.device, dtype=self.options.dtype, non_blocking=True)
+            return x.contiguous(memory_format=self.memory_format)
+
+    def logits(self, batch: Tensor) -> Tensor:
+        return self._forward(self.model_input(batch))
+
+    def probabilities(self, batch: Tensor) -> Tensor:
+        return self._softmax(self.logits(batch))
+
+    def answer_each(self, batches: list[Tensor]) -> list[Tensor]:
+        """Probabilities for several requests' batches: one forward pass over all of them (or one
+        per request when their image sizes differ), split back into each request's rows."""
+        inputs = [self.model_input(batch) for batch in batches]
+        if len({x.shape[1:] for x in inputs}) > 1:
+            return [self._softmax(self._forward(x)) for x in inputs]
+        together = self._softmax(self._forward(torch.cat(inputs)))
+        return list(torch.split(together, [x.shape[0] for x in inputs]))
+
+    def _forward(self, x: Tensor) -> Tensor:
+        with self._lock, self._mode():
+            return self.module(x)
+
+    def _softmax(self, logits: Tensor) -> Tensor:
+        with self._mode():
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+    def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: Iterable[int]) -> None:
+        """Run ``warmup_iterations`` passes at each batch size (all of them compile, when compiling)."""
+        sizes = sorted(set(batch_sizes))
+        iterations = max(self.options.warmup_iterations, 1 if self.options.compile else 0)
+        start = time.perf_counter()
+        first_calls = 0.0
+        for size in sizes:
+            x = random_input((size, *sample_shape)).float()
+            for i in range(iterations):
+                call = time.perf_counter()
+                try:
+                    self.logits(x)
+                except Exception as exc:
+                    if not self.options.compile:
+                        raise
+                    problem = (str(exc).strip().splitlines() or [""])[0]
+                    raise ConversionError(
+                        f"torch.compile (mode {self.options.compile_mode!r}) failed on {self.device}: "
+                        f"{type(exc).__name__}: {problem}"
+                    ) from exc
+                _synchronize(self.device)
+                if i == 0:
+                    first_calls += time.perf_counter() - call
+        self.warmup_seconds = round(time.perf_counter() - start, 6)
+        if self.options.compile:
+            self.compile_seconds = round(first_calls, 6)
+
+
+def prepare_for_serving(
+    model: nn.Module,
+    spec: DeploySpec,
+    options: ServingOptions,
+    device: torch.device | str,
+    batch_sizes: Iterable[int] = (1,),
+) -> ServingModel:
+    """Apply ``options`` to ``model`` (built from ``spec``) on ``device``, with the spec's pixel
+    normalisation, and warm it up at ``batch_sizes``."""
+    normaliser = PixelNormaliser(spec.preprocess(), spec.in_channels, device)
+    served = ServingModel(model, options, device, normaliser)
+    served.warm_up(spec.sample_shape(), batch_sizes)
+    return served
+
+
+def exact_fp32() -> None:
+    """Make float32 serving true float32 in this process: cuDNN convs and matmuls use TF32 by
+    default on Ampere and newer GPUs, which is not what the conversion checked. Reduced precision
+    is asked for explicitly (``precision``: fp16/bf16)."""
+    set_tf32(False)
+
+
+def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes a backend warms up with: 1 and its largest batch (a compiled net gets a graph
+    specialised to 1 and a dynamic-batch graph that serves every other size)."""
+    return (1, max_batch) if max_batch > 1 else (1,)
+
+
+def _require_cpp_compiler() -> None:
+    """torch.compile on the CPU builds C++ kernels: refuse early, and clearly, without a compiler."""
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in candidates):
+        raise SpecError(
+            "serving.compile on the CPU needs a C++ compiler (none of $CXX, g++, c++, clang++ found); "
+            "install one or serve without compile"
+        )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

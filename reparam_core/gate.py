@@ -1,0 +1,114 @@
+"""The conversion gate: the fused net against the training net, in float64 and as it will be served.
+
+float64: training vs fused net at every :func:`~reparam_core.equivalence.gate_shapes` shape,
+bounded by the caller's tolerance. Stored precision (float32) and serving configuration: against
+the float64 training net, bounded relative to the training net's *own* error in that precision
+(deep nets amplify rounding differently; a deploy net may not be less accurate than the net it
+replaces, up to ``SLACK``), with a floor per format.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from .deploy import DeploySpec, PlainNet, ServingOptions, prepare_for_serving
+from .equivalence import EquivalenceReport, gate_shapes, measure, random_input, tf32_disabled
+
+SLACK = 10.0
+FP32_FLOOR = 1e-5
+# The floors (about 10x-80x each format's unit roundoff) only matter when the training net is
+# itself unusually accurate in that precision.
+SERVING_FLOORS = {torch.float32: FP32_FLOOR, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class ServingReport(BaseModel):
+    """The serving configuration checked at conversion: its error against the float64 training net
+    (``equivalence``), the training net's own error in the same precision (the baseline the bound
+    is derived from), and what preparing it cost."""
+
+    options: ServingOptions
+    device: str
+    equivalence: EquivalenceReport
+    train_same_precision: EquivalenceReport
+    compile_seconds: float | None
+    warmup_seconds: float
+
+
+@dataclass
+class GateResult:
+    fp64: list[EquivalenceReport]
+    stored: EquivalenceReport  # the stored (float32) net
+    stored_train: EquivalenceReport  # the training net in the stored precision: the baseline
+    first_input: Tensor
+    first_reference: Tensor
+
+
+def run_gate(
+    model: nn.Module,
+    deploy: nn.Module,
+    stored: PlainNet,
+    input_shape: tuple[int, int, int, int],
+    device: torch.device,
+    tolerance: float,
+    seed: int,
+) -> GateResult:
+    """fp64 training vs fp64 fused net at every gate shape; at the first, the stored net and (as the
+    baseline it is held to) the training net in the stored precision, both against the fp64
+    reference. The first shape's input and reference output are kept for the serving check."""
+    model.double()
+    deploy.double()
+    fp64: list[EquivalenceReport] = []
+    with tf32_disabled(), torch.inference_mode():
+        for i, shape in enumerate(gate_shapes(input_shape)):
+            x = random_input(shape, seed + i).to(device)
+            reference = model(x)
+            fp64.append(measure(reference, deploy(x), shape, torch.float64, device, tolerance))
+            if i == 0:
+                first_input, first_reference = x, reference
+                dtype = next(stored.parameters()).dtype
+                stored_train = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
+                model.double()
+                bound = max(FP32_FLOOR, SLACK * stored_train.max_rel_error)
+                out = stored.to(device)(x.to(dtype))
+                stored_report = measure(reference, out, shape, dtype, device, bound)
+                stored.to("cpu")
+    return GateResult(fp64, stored_report, stored_train, first_input, first_reference)
+
+
+def check_serving(
+    model: nn.Module,
+    stored: PlainNet,
+    deploy_spec: DeploySpec,
+    options: ServingOptions,
+    device: torch.device,
+    gate: GateResult,
+) -> ServingReport:
+    """The stored net prepared as ``options`` say (and warmed up, compiling if asked) against the
+    float64 training net on the gate's first input, bounded by the training net's own error in the
+    serving precision."""
+    x, reference = gate.first_input, gate.first_reference
+    shape = tuple(x.shape)
+    dtype = options.dtype
+    with tf32_disabled():
+        if gate.stored_train.dtype == str(dtype).removeprefix("torch."):  # the gate ran it already
+            baseline = gate.stored_train
+        else:
+            with torch.inference_mode():
+                baseline = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
+                model.double()
+        served = prepare_for_serving(copy.deepcopy(stored), deploy_spec, options, device, (1, shape[0]))
+        output = served.logits(x.float())
+    bound = max(SERVING_FLOORS[dtype], SLACK * baseline.max_rel_error)
+    return ServingReport(
+        options=options,
+        device=str(device),
+        equivalence=measure(reference, output, shape, dtype, device, bound),
+        train_same_precision=baseline,
+        compile_seconds=served.compile_seconds,
+        warmup_seconds=served.warmup_seconds,
+    )

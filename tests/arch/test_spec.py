@@ -1,0 +1,108 @@
+"""ArchSpec parsing: presets, custom nets, JSON/YAML/paths, and precise errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reparam_core import SpecError
+from reparam_core.arch import build_train_model, expand_stages, parse_spec
+
+CUSTOM = {
+    "family": "repvgg",
+    "block": "dbb",
+    "stem": {"width": 16},
+    "stages": [
+        {"depth": 2, "width": 16, "groups": [1, 2]},
+        {"depth": 1, "width": 32, "kernel_size": 5, "se": {"reduction": 4, "placement": "post_act"}},
+    ],
+    "num_classes": 7,
+    "input_size": [40, 56],
+    "padding_mode": "reflect",
+    "activation": "silu",
+    "bn_eps": 1e-3,
+}
+
+
+def test_minimal_preset_spec() -> None:
+    spec = parse_spec('{"family": "repvgg", "variant": "B1g4", "num_classes": 1000}')
+    assert spec.name == "repvgg-B1g4" and spec.input_size == (224, 224) and spec.block_family == "repvgg"
+    assert spec.preprocess.mean == (0.485, 0.456, 0.406)
+
+
+def test_yaml_and_file_paths(tmp_path: Path) -> None:
+    yaml_text = "family: mobileone\nvariant: S0\nnum_classes: 10\n"
+    assert parse_spec(yaml_text).variant == "S0"
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml_text)
+    assert parse_spec(path).num_classes == 10
+    assert parse_spec(str(path)).family == "mobileone"
+
+
+def test_custom_net_is_built_as_described() -> None:
+    model = build_train_model(CUSTOM).eval()
+    blocks = [model.stem, *model.stages[0], *model.stages[1]]
+    assert [type(b).__name__ for b in blocks] == ["DiverseBranchBlock"] * 4
+    assert model.stages[0][1].groups == 2 and model.stages[1][0].kernel_size == 5
+    assert model.stages[1][0].se is not None and model.stages[1][0].se_spec.placement == "post_act"
+    assert model.stages[1][0].se_spec.rd_channels == 8
+    assert all(b.padding_mode == "reflect" and b.activation == "silu" for b in blocks)
+    assert all(m.eps == 1e-3 for m in model.modules() if type(m).__name__ == "BatchNorm2d")
+    assert model.head.fc.out_features == 7
+    assert model.deploy_spec().stages[1][0].kernel_size == 5
+
+
+def test_mobileone_stages_are_depthwise_pointwise_pairs() -> None:
+    model = build_train_model({"family": "mobileone", "variant": "S4"})
+    _, stages = expand_stages(parse_spec({"family": "mobileone", "variant": "S4"}))
+    assert [len(s) for s in model.stages] == [2 * s.depth for s in stages] == [4, 16, 20, 2]
+    dw, pw = model.stages[0][0], model.stages[0][1]
+    assert dw.groups == dw.in_channels == 64 and dw.kernel_size == 3 and pw.kernel_size == 1
+    with_se = [i for i, b in enumerate(model.stages[2]) if b.se is not None]
+    assert with_se == list(range(10, 20))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"family": "repvgg"}, "give 'variant' (a preset) or 'stem'"),
+        ({"family": "repvgg", "variant": "A0", "stages": []}, "give either 'variant'"),
+        ({"family": "repvgg", "variant": "A9"}, "unknown repvgg variant 'A9'; known: A0, A1"),
+        (
+            {"family": "resnet", "variant": "A0"},
+            "unknown family 'resnet'; known: mobileone, repopt_vgg, repvgg",
+        ),
+        ({"family": "repvgg", "variant": "A0", "block": "conv3"}, "unknown block 'conv3'"),
+        ({"family": "mobileone", "variant": "S0", "block": "dbb"}, "family 'mobileone' takes block"),
+        (
+            {"family": "repvgg", "variant": "A0", "num_classes": 2, "labels": ["a"]},
+            "1 labels for num_classes=2",
+        ),
+        (
+            {"family": "repvgg", "variant": "A0", "colour": "red"},
+            "spec.colour: Extra inputs are not permitted",
+        ),
+        ({"family": "repvgg", "variant": "A0", "activation": "swish9"}, "unknown activation 'swish9'"),
+        (
+            {"family": "repvgg", "stem": {"width": 8}, "stages": [{"depth": 2, "width": 8, "groups": [1]}]},
+            "spec.stages.0: groups lists 1 values for 2 blocks",
+        ),
+        ("[1, 2]", "spec must be a mapping"),
+        ("{not json: [", "neither valid JSON nor YAML"),
+    ],
+)
+def test_invalid_specs_name_the_problem(spec: object, message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(spec)  # type: ignore[arg-type]
+
+
+def test_block_option_errors_surface_as_spec_errors() -> None:
+    spec = {**CUSTOM, "stages": [{"depth": 1, "width": 16, "dilation": 2}]}
+    with pytest.raises(SpecError, match="dbb: dilation=2 cannot be fused"):
+        build_train_model(spec)
+
+
+def test_missing_spec_file() -> None:
+    with pytest.raises(SpecError, match=r"cannot read spec file nowhere\.json"):
+        parse_spec("nowhere.json")
