@@ -1,9 +1,11 @@
 """reparam_core: fuse structurally re-parameterized CNNs into plain conv nets, exactly.
 
-Pure PyTorch, no web imports. Subpackages, bottom to top: ``fusion`` (the math), ``deploy`` (the
-deploy net, its spec, artifacts and serving), ``blocks`` (the block families), ``arch`` (specs,
-presets, training nets), ``checkpoints`` (safe reading, key layouts), then ``equivalence``,
-``gate`` and ``conversion`` (the pipeline), ``graph`` (fusion of any traceable model) and ``cli``.
+Pure PyTorch, no web imports. Bottom to top: ``fusion.transforms`` (the math) and
+``equivalence`` (measuring two nets: torch and pydantic only), ``deploy`` (the deploy net, its
+spec, artifacts and serving), ``blocks`` (the block families), ``fusion.swap`` and
+``fusion.row_blocks`` (fusing blocks in a model), ``arch`` (specs, presets, training nets),
+``checkpoints`` (safe reading, key layouts, strict loading), ``gate`` and ``conversion`` (the
+pipeline), ``graph`` (fusion of any traceable model) and ``cli``.
 
 Names are imported on first use: ``import reparam_core`` loads neither torch nor the conversion
 pipeline, and a server that imports ``reparam_core.deploy`` loads only that.
@@ -28,7 +30,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "arch": ("ArchSpec", "build_train_model", "parse_spec"),
     "blocks": ("BLOCKS", "ReparamBlock", "register_block"),
-    "checkpoints": ("inspect_checkpoint", "read_checkpoint"),
+    "checkpoints": ("Weights", "inspect_checkpoint", "read_checkpoint"),
     "conversion": ("ConversionReport", "ConversionResult", "convert"),
     "deploy": (
         "ConvLayerSpec",
@@ -40,18 +42,35 @@ _LAZY = {
         "StagedNet",
         "build_deploy_model",
         "load_artifacts",
+        "make_reference",
         "parse_serving",
     ),
     "equivalence": ("EquivalenceReport", "check_equivalence", "resolve_device"),
-    "fusion.reparameterize": ("count_convs", "reparameterize"),
+    "fusion.swap": ("count_convs", "reparameterize"),
+    "reference": ("Reference", "make_reference", "read_reference"),
     "gate": ("ServingReport",),
 }
 _SOURCE = {name: module for module, names in _LAZY.items() for name in names}
 
 
+_SUBPACKAGES = (
+    "arch",
+    "blocks",
+    "checkpoints",
+    "conversion",
+    "deploy",
+    "equivalence",
+    "fusion",
+    "gate",
+    "graph",
+)
+
+
 def __getattr__(name: str) -> Any:
     module = _SOURCE.get(name)
     if module is None:
+        if name in _SUBPACKAGES:  # `reparam_core.blocks` after a bare `import reparam_core`
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
@@ -65,7 +84,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .arch import ArchSpec, build_train_model, parse_spec
     from .blocks import BLOCKS, ReparamBlock, register_block
-    from .checkpoints import inspect_checkpoint, read_checkpoint
+    from .checkpoints import Weights, inspect_checkpoint, read_checkpoint
     from .conversion import ConversionReport, ConversionResult, convert
     from .deploy import (
         ConvLayerSpec,
@@ -80,8 +99,9 @@ if TYPE_CHECKING:
         parse_serving,
     )
     from .equivalence import EquivalenceReport, check_equivalence, resolve_device
-    from .fusion.reparameterize import count_convs, reparameterize
+    from .fusion.swap import count_convs, reparameterize
     from .gate import ServingReport
+    from .reference import Reference, make_reference, read_reference
 
 __all__ = [
     "BLOCKS",
@@ -96,6 +116,7 @@ __all__ = [
     "EquivalenceReport",
     "FusedConv",
     "PlainNet",
+    "Reference",
     "ReparamBlock",
     "ReparamError",
     "ServingModel",
@@ -104,6 +125,7 @@ __all__ = [
     "SpecError",
     "StagedNet",
     "UnknownNameError",
+    "Weights",
     "__version__",
     "build_deploy_model",
     "build_train_model",
@@ -112,9 +134,11 @@ __all__ = [
     "count_convs",
     "inspect_checkpoint",
     "load_artifacts",
+    "make_reference",
     "parse_serving",
     "parse_spec",
     "read_checkpoint",
+    "read_reference",
     "register_block",
     "reparameterize",
     "resolve_device",

@@ -77,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--json", action="store_true")
     graph.set_defaults(run=_cmd_fuse_graph)
 
+    reference = sub.add_parser(
+        "reference",
+        help="write a reference file (inputs and your model's outputs) to prove a conversion against "
+        "(runs your factory code)",
+    )
+    reference.add_argument("--factory", required=True, help="package.module:function returning the nn.Module")
+    reference.add_argument("--checkpoint", required=True, type=Path)
+    reference.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
+    reference.add_argument("--input-shape", default="8,3,224,224", help="N,C,H,W of the random inputs")
+    reference.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    reference.add_argument("--seed", type=int, default=0)
+    reference.add_argument("--weights", default="auto", choices=["auto", "model", "ema"])
+    reference.set_defaults(run=_cmd_reference)
+
     example = sub.add_parser(
         "example", help="write a small training-form checkpoint, its spec and a photo to try things on"
     )
@@ -90,12 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_cmd_inspect)
     for plugin in entry_points(group="reparam.commands"):
+        if plugin.name in sub.choices:  # the same plugin installed twice (editable and regular)
+            continue
         try:
-            add_commands = plugin.load()
+            plugin.load()(sub)
         except Exception as exc:  # a broken plugin must not take the library's commands down
             print(f"reparam: skipping command {plugin.name!r} ({plugin.value}): {exc}", file=sys.stderr)
-            continue
-        add_commands(sub)
     return parser
 
 
@@ -104,6 +118,18 @@ def _conversion_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     cmd.add_argument("--tolerance", type=float, default=1e-9, help="max fp64 relative error (default 1e-9)")
     cmd.add_argument("--no-export", action="store_true", help="skip the torch.export program (model.pt2)")
+    cmd.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "model", "ema"],
+        help="with model and EMA weights in the checkpoint, which to convert (auto: the model's)",
+    )
+    cmd.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="safetensors file of 'inputs' and your model's 'outputs': the deploy net is held to them",
+    )
     cmd.add_argument(
         "--serving",
         default=None,
@@ -119,7 +145,7 @@ def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> d
     from .conversion import convert
     from .deploy import parse_serving
 
-    spec = parse_spec(Path(args.spec) if Path(args.spec).is_file() else args.spec)
+    spec = parse_spec(_spec_source(args.spec))
     serving = parse_serving(args.serving) if args.serving is not None else None
     with err.status(f"{checkpoint.name}: starting") as status:
         on_stage: Callable[[str], None] = lambda stage: status.update(f"{checkpoint.name}: {stage}")  # noqa: E731
@@ -130,6 +156,8 @@ def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> d
             tolerance=args.tolerance,
             progress=on_stage,
             serving=serving,
+            weights=args.weights,
+            reference=args.reference,
         )
         status.update(f"{checkpoint.name}: writing artifacts")
         digests = result.save(out_dir, export=not args.no_export)
@@ -140,6 +168,17 @@ def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> d
         "timings": result.timings,
         "sha256": digests,
     }
+
+
+def _spec_source(value: str) -> str | Path:
+    """``--spec``: inline JSON/YAML text, or the path of a file holding it."""
+    if value.lstrip().startswith(("{", "[")) or "\n" in value:
+        return value
+    path = Path(value)
+    try:
+        return path if path.is_file() else value
+    except OSError:  # e.g. a name longer than the file system allows: not a file
+        return value
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -218,10 +257,7 @@ def _serving_cell(serving: dict[str, Any] | None) -> str:
 def _cmd_fuse_graph(args: argparse.Namespace) -> int:
     from .graph.pipeline import fuse_checkpoint, load_factory, write_graph_artifacts
 
-    try:
-        shape = tuple(int(v) for v in args.input_shape.split(","))
-    except ValueError:
-        raise ReparamError(f"--input-shape {args.input_shape!r}: expected N,C,H,W integers") from None
+    shape = _shape(args.input_shape)
     with err.status("fusing the graph"):
         result = fuse_checkpoint(
             load_factory(args.factory), args.checkpoint, shape, device=args.device, tolerance=args.tolerance
@@ -247,6 +283,41 @@ def _cmd_fuse_graph(args: argparse.Namespace) -> int:
         listing = ", ".join(f"{n} x {what}" for what, n in counts.most_common())
         out.print(f"  left as they are: {listing}; details in report.json", highlight=False)
     return EXIT_OK
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import check_values, read_checkpoint
+    from .errors import CheckpointError
+    from .graph.pipeline import load_factory
+    from .reference import make_reference
+
+    shape = _shape(args.input_shape)
+    model = load_factory(args.factory)
+    state = read_checkpoint(args.checkpoint, weights=args.weights).state
+    check_values(state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint does not fit the model: {exc}") from None
+    dtype = getattr(torch, args.dtype)
+    inputs = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
+    reference = make_reference(model.to(dtype), inputs, args.out)
+    out.print(
+        f"{args.out}: {shape[0]} inputs {list(shape)}, outputs {list(reference.outputs.shape)} ({args.dtype})"
+    )
+    return EXIT_OK
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ReparamError(f"input shape {text!r}: expected N,C,H,W integers") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise ReparamError(f"input shape {text!r}: expected four positive integers N,C,H,W")
+    return shape
 
 
 def _cmd_example(args: argparse.Namespace) -> int:

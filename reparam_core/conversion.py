@@ -20,13 +20,14 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from .arch import ArchSpec, build_train_model, parse_spec
-from .checkpoints import check_values, load_into, read_checkpoint
+from .checkpoints import Weights, check_values, load_into, read_checkpoint
 from .deploy import DeploySpec, PlainNet, ServingOptions, build_deploy_model, write_artifacts
 from .equivalence import EquivalenceReport, resolve_device
-from .errors import EquivalenceError
-from .fusion.reparameterize import count_convs, reparameterize
+from .errors import EquivalenceError, SpecError
 from .fusion.row_blocks import fused_state_dict
-from .gate import ServingReport, check_serving, run_gate
+from .fusion.swap import count_convs, reparameterize
+from .gate import ServingReport, check_reference, check_serving, run_gate
+from .reference import Reference, read_reference
 
 
 class ConversionReport(BaseModel):
@@ -35,6 +36,7 @@ class ConversionReport(BaseModel):
     arch: str
     checkpoint_format: str
     checkpoint_notes: list[str]
+    weights: str = "only"  # which weights of the checkpoint: model, ema, or only (no choice)
     device: str
     tolerance: float
     passed: bool
@@ -42,6 +44,7 @@ class ConversionReport(BaseModel):
     fp32: EquivalenceReport | None
     fp32_train: EquivalenceReport | None
     serving: ServingReport | None = None
+    reference: EquivalenceReport | None = None  # against the user's own outputs, when given
     params_train: int
     params_deploy: int
     convs_train: int
@@ -96,34 +99,48 @@ def convert(
     progress: Callable[[str], None] | None = None,
     checkpoint_name: str | None = None,
     serving: ServingOptions | None = None,
+    weights: Weights = "auto",
+    reference: str | Path | bytes | dict[str, Tensor] | Reference | None = None,
 ) -> ConversionResult:
     """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
     report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
     ``progress`` is called with each stage's name as it starts; ``checkpoint_name`` is how errors
     name the checkpoint (default: its path). With ``serving``, the net prepared that way (precision,
     memory format, compilation) is checked too, in its own stage, and held to the same bound
-    relative to the training net run in that precision."""
+    relative to the training net run in that precision. ``weights`` picks the model or EMA weights
+    of a checkpoint that has both (``auto``: the model's). With ``reference`` (a safetensors file
+    of ``inputs`` and the user's own model's ``outputs``, see :mod:`reparam_core.reference`), the
+    fused net is also held to those outputs."""
     timer = _Timer(progress)
     target = resolve_device(device)
     with timer.stage("parse"):
         arch = parse_spec(spec)
     with timer.stage("read"):
         if isinstance(checkpoint, dict):
-            state, notes = dict(checkpoint), list[str]()
+            state, notes, chosen = dict(checkpoint), list[str](), "only"
         else:
-            state, notes = read_checkpoint(checkpoint, checkpoint_name)
+            state, notes, chosen = read_checkpoint(checkpoint, checkpoint_name, weights)
         check_values(state)
+        expected = None
+        if reference is not None and not validate:
+            raise SpecError("a reference needs the equivalence gate (validate=True)")
+        if reference is not None:
+            expected = (
+                reference
+                if isinstance(reference, Reference)
+                else read_reference(reference, arch.in_channels, arch.num_classes)
+            )
     with timer.stage("build"):
         model = build_train_model(arch, device="meta")
         fmt = load_into(model, state, target)
         model.eval()
     with timer.stage("fuse"):
-        weights = fused_state_dict(model, storage_dtype)
+        fused = fused_state_dict(model, storage_dtype)
     with timer.stage("assemble"):
         deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
-        stored = _storage_model(deploy_spec, weights)
+        stored = _storage_model(deploy_spec, fused)
     fp64: list[EquivalenceReport] = []
-    fp32 = fp32_train = served = None
+    fp32 = fp32_train = served = against_reference = None
     if validate:
         with timer.stage("validate"):
             # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
@@ -131,6 +148,8 @@ def convert(
             shape = (2, arch.in_channels, *arch.input_size)
             gate = run_gate(model, deploy, stored, shape, target, tolerance, seed)
             fp64, fp32, fp32_train = gate.fp64, gate.stored, gate.stored_train
+            if expected is not None:
+                against_reference = check_reference(model, deploy, expected, target, tolerance)
         if serving is not None:
             with timer.stage("serving"):
                 served = check_serving(model, stored, deploy_spec, serving, target, gate)
@@ -138,15 +157,18 @@ def convert(
         arch=arch.name,
         checkpoint_format=fmt,
         checkpoint_notes=notes,
+        weights=chosen,
         device=str(target),
         tolerance=tolerance,
         passed=all(r.passed for r in fp64)
         and (fp32 is None or fp32.passed)
-        and (served is None or served.equivalence.passed),
+        and (served is None or served.equivalence.passed)
+        and (against_reference is None or against_reference.passed),
         fp64=fp64,
         fp32=fp32,
         fp32_train=fp32_train,
         serving=served,
+        reference=against_reference,
         params_train=_params(model),
         params_deploy=_params(stored),
         convs_train=count_convs(model),
@@ -164,6 +186,8 @@ def _failures(report: ConversionReport) -> str:
         failed.append(report.fp32)
     if report.serving is not None and not report.serving.equivalence.passed:
         failed.append(report.serving.equivalence)
+    if report.reference is not None and not report.reference.passed:
+        failed.append(report.reference)
     return "; ".join(
         f"{r.dtype} at {'x'.join(map(str, r.input_shape))}: max relative error {r.max_rel_error:.3e} "
         f"> tolerance {r.tolerance or 0:.3g}"

@@ -1,10 +1,13 @@
-"""The conversion gate: the fused net against the training net, in float64 and as it will be served.
+"""The conversion gate: the fused net against the training net, in float64 and as it will be served,
+and against the user's own model's outputs when a reference file comes with the checkpoint.
 
 float64: training vs fused net at every :func:`~reparam_core.equivalence.gate_shapes` shape,
 bounded by the caller's tolerance. Stored precision (float32) and serving configuration: against
 the float64 training net, bounded relative to the training net's *own* error in that precision
 (deep nets amplify rounding differently; a deploy net may not be less accurate than the net it
-replaces, up to ``SLACK``), with a floor per format.
+replaces, up to ``SLACK``), with a floor per format. Reference outputs: the float64 fused net
+against them, bounded by the tolerance when they are float64, else by the same rule in their dtype
+(they carry the rounding of the precision they were computed in).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from torch import Tensor, nn
 
 from .deploy import DeploySpec, PlainNet, ServingOptions, prepare_for_serving
 from .equivalence import EquivalenceReport, gate_shapes, measure, random_input, tf32_disabled
+from .reference import Reference
 
 SLACK = 10.0
 FP32_FLOOR = 1e-5
 # The floors (about 10x-80x each format's unit roundoff) only matter when the training net is
 # itself unusually accurate in that precision.
-SERVING_FLOORS = {torch.float32: FP32_FLOOR, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+FLOORS = {torch.float32: FP32_FLOOR, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 class ServingReport(BaseModel):
@@ -103,7 +107,7 @@ def check_serving(
                 model.double()
         served = prepare_for_serving(copy.deepcopy(stored), deploy_spec, options, device, (1, shape[0]))
         output = served.logits(x.float())
-    bound = max(SERVING_FLOORS[dtype], SLACK * baseline.max_rel_error)
+    bound = max(FLOORS[dtype], SLACK * baseline.max_rel_error)
     return ServingReport(
         options=options,
         device=str(device),
@@ -112,3 +116,25 @@ def check_serving(
         compile_seconds=served.compile_seconds,
         warmup_seconds=served.warmup_seconds,
     )
+
+
+def check_reference(
+    model: nn.Module, deploy: nn.Module, reference: Reference, device: torch.device, tolerance: float
+) -> EquivalenceReport:
+    """The float64 fused net on the reference inputs against the user's outputs. ``model`` (the
+    float64 training net) gives the rounding baseline when the outputs are not float64."""
+    dtype = reference.dtype
+    x = reference.inputs.to(device=device, dtype=torch.float64)
+    shape = tuple(x.shape)
+    with tf32_disabled(), torch.inference_mode():
+        ours = deploy(x)
+        if dtype == torch.float64:
+            bound = tolerance
+        else:
+            baseline = measure(model(x), model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
+            model.double()
+            bound = max(FLOORS.get(dtype, FP32_FLOOR), SLACK * baseline.max_rel_error)
+    report = measure(
+        reference.outputs.to(device=device, dtype=torch.float64), ours, shape, dtype, device, bound
+    )
+    return report.model_copy(update={"dtype": f"reference {report.dtype}"})

@@ -12,6 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from reparam_core.deploy import Preprocess
+
 from .errors import BadInput
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
@@ -28,7 +30,7 @@ def decode_base64_image(text: str) -> bytes:
 def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -> Tensor:
     """Decode PNG/JPEG, resize the shorter side, centre-crop: uint8 pixels ``[1, S, S, C]``.
 
-    The served net normalises them (``reparam_core.serving.PixelNormaliser``): four times fewer
+    The served net normalises them (``reparam_core.deploy.PixelNormaliser``): four times fewer
     bytes travel to the backend than as float input."""
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
@@ -39,7 +41,9 @@ def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -
         image = image if image.mode == mode else image.convert(mode)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise BadInput("image: cannot decode as PNG or JPEG") from None
-    resize, crop = int(preprocess.get("resize", 256)), int(preprocess.get("crop", 224))
+    defaults = Preprocess()
+    resize = int(preprocess.get("resize", defaults.resize))
+    crop = int(preprocess.get("crop", defaults.crop))
     scale = resize / min(image.width, image.height)
     size = (max(crop, round(image.width * scale)), max(crop, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.BILINEAR)

@@ -86,7 +86,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
 def test_inspect_json(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", str(checkpoint), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format"] == "native" and info["form"] == "train" and info["family"] == "repvgg"
+    # our RepVGG branch names are timm's: the layout is reported as timm's
+    assert info["format"] == "timm" and info["form"] == "train" and info["family"] == "repvgg"
     assert info["blocks"] == 2 and info["parameters"] > 0
 
 
@@ -98,7 +99,7 @@ def test_inspect_recognises_official_deploy_form(tmp_path: Path, capsys: pytest.
     )
     assert main(["inspect", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format"] == "official" and info["form"] == "deploy"
+    assert info["format"] == "official" and info["form"] == "deploy" and info["family"] == "repvgg"
 
 
 def test_convert_dir_reports_each_file(
@@ -135,3 +136,43 @@ def test_console_script_is_installed() -> None:
         [sys.executable, "-m", "reparam_core.cli", "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and "convert" in result.stdout and "inspect" in result.stdout
+
+
+def test_long_inline_spec_is_not_taken_for_a_file_name(tmp_path: Path) -> None:
+    """A 4-stage custom spec is longer than a file name may be (255 bytes)."""
+    spec = {**TINY, "stages": [{"depth": 1, "width": 8, "stride": 1, "kernel_size": 3} for _ in range(4)]}
+    text = json.dumps(spec, indent=1)
+    assert len(text) > 255
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": randomize_(build_train_model(spec)).state_dict()}, path)
+    assert convert(path, tmp_path / "out", "--no-export", spec=text) == 0
+
+
+def test_inspect_names_timm_layouts_and_fused_families(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    timm = pytest.importorskip("timm")
+    path = tmp_path / "timm.pth"
+    torch.save(timm.create_model("repvgg_a0").state_dict(), path)
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["format"], info["form"], info["family"]) == ("timm", "train", "repvgg")
+    fused = tmp_path / "fused.pth"
+    for name, expected in (("repvgg_a0", "repvgg"), ("mobileone_s0", "mobileone")):
+        model = timm.create_model(name).eval()
+        torch.save(timm.utils.model.reparameterize_model(model).state_dict(), fused)
+        assert main(["inspect", str(fused), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["form"], info["family"]) == ("deploy", expected)
+
+
+def test_weights_choice_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = randomize_(build_train_model(TINY), seed=1).state_dict()
+    ema = randomize_(build_train_model(TINY), seed=2).state_dict()
+    path = tmp_path / "both.pth"
+    torch.save({"state_dict": model, "state_dict_ema": ema}, path)
+    for choice, expected in (("auto", "model"), ("model", "model"), ("ema", "ema")):
+        assert convert(path, tmp_path / choice, "--no-export", "--json", "--weights", choice) == 0
+        report = json.loads(capsys.readouterr().out)["report"]
+        assert (
+            report["weights"] == expected
+            and "EMA weights under 'state_dict_ema'" in report["checkpoint_notes"][-1]
+        )

@@ -14,14 +14,15 @@ from tests.helpers import TINY, state_of
 
 
 @pytest.mark.parametrize(
-    "block", ["repvgg", "acb", "dbb", "orepa", "csla", "conv_bn", "mobileone", "orepa_large"]
+    "block", ["repvgg", "acb", "dbb", "orepa", "csla", "conv_bn", "mobileone", "orepa_large", "orepa_vgg"]
 )
 def test_every_block_family_converts_through_the_pipeline(block: str) -> None:
     kernel = 5 if block == "orepa_large" else 3
+    groups = [1, 1] if block in {"orepa_large", "orepa_vgg"} else [1, 2]  # what the official ones take
     spec = {
         **TINY,
         "block": block,
-        "stages": [{"depth": 2, "width": 8, "kernel_size": kernel, "groups": [1, 2]}],
+        "stages": [{"depth": 2, "width": 8, "kernel_size": kernel, "groups": groups}],
         "padding_mode": "reflect",
         "stem": {"width": 8, "kernel_size": kernel},
     }

@@ -16,6 +16,7 @@ def test_known_families_are_registered() -> None:
         "mobileone",
         "orepa",
         "orepa_large",
+        "orepa_vgg",
         "repvgg",
     }
     assert BLOCKS.get("RepVGG") is RepVGGBlock

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from .layout import BlockSpec, Family, Layout, Stages, make_block, register_family, se_spec
-from .stages import SEOptions, StageSpec, StemSpec
+from .stages import BASE_WIDTHS, SEOptions, StageSpec, StemSpec
 
 if TYPE_CHECKING:
     from .spec import ArchSpec
@@ -19,7 +19,6 @@ class MobileOnePreset(NamedTuple):
     se_pairs: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
-BASE_WIDTHS = (64, 128, 256, 512)
 PAIRS = (2, 8, 10, 1)
 
 MOBILEONE: dict[str, MobileOnePreset] = {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..blocks import BLOCKS
 from ..deploy.preprocess import Preprocess
@@ -46,6 +46,11 @@ class ArchSpec(BaseModel):
     block_options: dict[str, Any] = Field(default_factory=dict)
     preprocess: Preprocess = Field(default_factory=Preprocess)
     labels: list[str] | None = None
+
+    @field_validator("family", mode="before")
+    @classmethod
+    def _lower_family(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> ArchSpec:

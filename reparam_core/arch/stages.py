@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..layers import SEPlacement
 
 SE_REDUCTION = 16
+BASE_WIDTHS = (64, 128, 256, 512)  # stage widths that the presets' multipliers scale
 
 
 class _Strict(BaseModel):

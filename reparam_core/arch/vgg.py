@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from .layout import Family, Layout, Stages, make_block, register_family, se_spec
-from .stages import SEOptions, StageSpec, StemSpec
+from .stages import BASE_WIDTHS, SEOptions, StageSpec, StemSpec
 
 if TYPE_CHECKING:
     from .spec import ArchSpec
@@ -24,7 +24,6 @@ class VGGPreset(NamedTuple):
     se: bool = False
 
 
-BASE_WIDTHS = (64, 128, 256, 512)
 GROUPED_LAYERS = frozenset(range(2, 27, 2))
 _A = (2, 4, 14, 1)
 _B = (4, 6, 16, 1)
@@ -71,8 +70,7 @@ def layout(spec: ArchSpec, stages: Stages) -> Layout:
     """One block per stage entry; SE on the stem too for SE presets (RepVGG-D2se)."""
     stem, stage_specs = stages
     options = spec.block_options
-    presets = REPVGG if spec.family == "repvgg" else REPOPT_VGG
-    stem_se = SEOptions() if spec.variant is not None and presets[spec.variant].se else None
+    stem_se = SEOptions() if spec.variant is not None and spec.family_info.presets[spec.variant].se else None
     stem_block = make_block(
         spec,
         options,

@@ -13,7 +13,7 @@ from .conv_bn import ConvBNBlock
 from .csla import LinearAddBlock
 from .dbb import DiverseBranchBlock
 from .mobileone import MobileOneBlock
-from .orepa import OREPABlock, OREPALargeBlock
+from .orepa import OREPABlock, OREPALargeBlock, OREPAVGGBlock
 from .repvgg import RepVGGBlock
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MobileOneBlock",
     "OREPABlock",
     "OREPALargeBlock",
+    "OREPAVGGBlock",
     "RepVGGBlock",
     "ReparamBlock",
     "register_block",

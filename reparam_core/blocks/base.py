@@ -9,7 +9,7 @@ after, in both forms.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, TypedDict, cast
+from typing import ClassVar, TypedDict, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from ..fusion.transforms import KernelBias
 from ..layers import SESpec, SqueezeExcite, apply_epilogue, make_activation
 from ..registry import Registry
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+PADDING_MODES: tuple[str, ...] = get_args(PaddingMode)
 ALL_ROWS = slice(None)
 
 
@@ -90,6 +90,14 @@ class ReparamBlock(nn.Module, ABC):
             raise SpecError(f"{name}: dilation={dilation} cannot be fused exactly by this family")
         if padding_mode not in PADDING_MODES:
             raise SpecError(f"{name}: padding_mode={padding_mode!r} unknown (one of {list(PADDING_MODES)})")
+        reason = self.unsupported(k, groups)
+        if reason:
+            raise SpecError(f"{name}: {reason}")
+
+    @classmethod
+    def unsupported(cls, kernel_size: int, groups: int) -> str | None:
+        """Why this family cannot take ``kernel_size`` with ``groups`` (``None``: it can)."""
+        return None
 
     @property
     def has_identity(self) -> bool:

@@ -18,22 +18,23 @@ from ..fusion.transforms import (
 from .base import ALL_ROWS
 
 
-def bn_kernel_bias(
-    kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None, rows: slice = ALL_ROWS
-) -> KernelBias:
-    """Fold an eval-mode ``BatchNorm2d`` (channels ``rows``) into ``kernel`` (see ``fold_bn``)."""
+def _bn_rows(bn: nn.BatchNorm2d, rows: slice) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, float]:
     assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
     gamma = bn.weight[rows] if bn.weight is not None else None
     beta = bn.bias[rows] if bn.bias is not None else None
-    return fold_bn(kernel, bn.running_mean[rows], bn.running_var[rows], gamma, beta, bn.eps, conv_bias)
+    return bn.running_mean[rows], bn.running_var[rows], gamma, beta, bn.eps
 
 
 def bn_affine(bn: nn.BatchNorm2d, rows: slice = ALL_ROWS) -> tuple[Tensor, Tensor]:
     """An eval-mode ``BatchNorm2d`` (its channels ``rows``) as per-channel ``(scale, shift)``."""
-    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is required
-    gamma = bn.weight[rows] if bn.weight is not None else None
-    beta = bn.bias[rows] if bn.bias is not None else None
-    return bn_scale_shift(bn.running_mean[rows], bn.running_var[rows], gamma, beta, bn.eps)
+    return bn_scale_shift(*_bn_rows(bn, rows))
+
+
+def bn_kernel_bias(
+    kernel: Tensor, bn: nn.BatchNorm2d, conv_bias: Tensor | None = None, rows: slice = ALL_ROWS
+) -> KernelBias:
+    """Fold an eval-mode ``BatchNorm2d`` (channels ``rows``) into ``kernel`` (``fold_bn``)."""
+    return fold_bn(kernel, *_bn_rows(bn, rows), conv_bias=conv_bias)
 
 
 class ConvBN(nn.Module):

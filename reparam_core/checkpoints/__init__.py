@@ -9,12 +9,14 @@ strictly) and ``inspection`` (what a checkpoint is, from its keys alone: ``repar
 from .inspection import CheckpointInfo, inspect_checkpoint, inspect_state
 from .key_formats import FORMATS, KeyFormat, detect_format, guess_family, identify_format, is_deploy_form
 from .loading import load_into
-from .reading import check_values, listing, read_checkpoint, unwrap
+from .reading import Checkpoint, Weights, check_values, listing, read_checkpoint, select_weights, unwrap
 
 __all__ = [
     "FORMATS",
+    "Checkpoint",
     "CheckpointInfo",
     "KeyFormat",
+    "Weights",
     "check_values",
     "detect_format",
     "guess_family",
@@ -25,5 +27,6 @@ __all__ = [
     "listing",
     "load_into",
     "read_checkpoint",
+    "select_weights",
     "unwrap",
 ]

@@ -54,5 +54,5 @@ def _fused_native(state: dict[str, Tensor]) -> bool:
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
-    state, notes = read_checkpoint(path)
-    return inspect_state(state, str(path), notes)
+    loaded = read_checkpoint(path)
+    return inspect_state(loaded.state, str(path), loaded.notes)

@@ -26,12 +26,11 @@ def _stage(offset: int) -> Callable[[re.Match[str]], str]:
 
 @dataclass(frozen=True)
 class KeyFormat:
-    """A source layout: regex renames applied in order, constant buffers to drop, and the keys
-    that only this layout has (``markers``, to name it without a model to match against)."""
+    """A source layout: regex renames applied in order, and the keys that only this layout has
+    (``markers``, to name it without a model to match against)."""
 
     name: str
     rules: tuple[Rule, ...] = ()
-    drop: re.Pattern[str] | None = None
     markers: re.Pattern[str] | None = None
 
     def map_key(self, key: str) -> str:
@@ -40,7 +39,7 @@ class KeyFormat:
         return key
 
     def apply(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {self.map_key(k): v for k, v in state.items() if not (self.drop and self.drop.search(k))}
+        return {self.map_key(k): v for k, v in state.items()}
 
 
 _BLOCK_OFFICIAL = (
@@ -67,10 +66,8 @@ _BLOCK_OFFICIAL = (
     (r"\.dbb_avg\.conv\.", ".avg_conv."),
     (r"\.dbb_avg\.bn\.bn\.", ".avg_bn_pad.bn."),
     (r"\.dbb_avg\.avgbn\.", ".avg_bn."),
-    # OREPA: generated-kernel parameters live under .generator (large kernel: .generator.layers.i)
-    (r"\.weight(\d+)\.", r".generator.layers.\1."),
-    (r"^((?:stem|stages\.\d+\.\d+))\.(weight_orepa_\w+|vector)$", r"\1.generator.\2"),
-    (r"\.(weight_orepa_1x1_kxk_\w+)$", r".seq.\1"),
+    # OREPA, OREPA_1x1, OREPA_LargeConv (weight0, weight1, ...) and OREPA-VGG (rbr_dense -> conv_kxk)
+    # use the official parameter and buffer names: nothing to rename.
 )
 
 FORMATS: tuple[KeyFormat, ...] = (
@@ -83,13 +80,17 @@ FORMATS: tuple[KeyFormat, ...] = (
             (r"^linear\.", "head.fc."),
             *_BLOCK_OFFICIAL,
         ),
-        drop=re.compile(r"(\.id_tensor|\.weight_orepa_avg_avg)$"),
-        markers=re.compile(r"^stage0\.|^linear\.|\.(rbr_\w+|square_conv|dbb_\w+|weight_orepa_\w+)"),
+        markers=re.compile(
+            r"^stage0\.|^linear\.|\.(rbr_\w+|square_conv|dbb_\w+|weight_(orepa|or1x1|rbr)_\w+)"
+        ),
     ),
     KeyFormat(
         "timm",
         _rules((r"\.attn\.fc1\.", ".se.reduce."), (r"\.attn\.fc2\.", ".se.expand.")),
-        markers=re.compile(r"\.attn\.fc[12]\.|\.reparam_conv\."),
+        # timm's byobnet names RepVGG / MobileOne branches as our own layout does.
+        markers=re.compile(
+            r"\.attn\.fc[12]\.|\.reparam_conv\.|^(stem|stages\.\d+\.\d+)\.(conv_kxk|conv_1x1|conv_scale)\."
+        ),
     ),
     KeyFormat(
         "mmpretrain",
@@ -112,18 +113,27 @@ FORMATS_BY_NAME = {fmt.name: fmt for fmt in FORMATS}
 
 # Keys that only a fused (deploy-form) checkpoint has, by source.
 DEPLOY_MARKERS = re.compile(
-    r"\.(rbr_reparam|reparam_conv|branch_reparam|fused_conv|dbb_reparam|orepa_reparam)\."
+    r"\.(rbr_reparam|reparam_conv|branch_reparam|fused_conv|dbb_reparam|orepa_reparam|or1x1_reparam"
+    r"|or_large_reparam)\."
 )
 
 FAMILY_MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("mobileone", re.compile(r"\.(conv_kxk\.\d+|rbr_conv|branch_conv_list)\.")),
-    ("orepa", re.compile(r"weight_orepa_")),
+    ("orepa_vgg", re.compile(r"\.weight_rbr_origin$")),
+    ("orepa", re.compile(r"\.weight_(orepa|or1x1)_")),
     ("dbb", re.compile(r"\.(dbb_origin|origin)\.")),
     ("acb", re.compile(r"\.(square_conv|square\.conv)\.")),
     ("csla", re.compile(r"\.scale_conv\.")),
     ("repvgg", re.compile(r"\.(rbr_dense|conv_kxk|branch_3x3)\.")),
     ("conv_bn", re.compile(r"\.conv\.weight$")),
+    # deploy (already fused) layouts
+    ("repvgg", re.compile(r"\.rbr_reparam\.weight$")),
+    ("acb", re.compile(r"\.fused_conv\.weight$")),
+    ("dbb", re.compile(r"\.dbb_reparam\.weight$")),
+    ("orepa", re.compile(r"\.(orepa_reparam|or1x1_reparam|or_large_reparam)\.weight$")),
 )
+# timm's and MMPretrain's fused convs: RepVGG, or MobileOne when some are depthwise.
+FUSED_SHARED = re.compile(r"\.(reparam_conv|branch_reparam)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -175,9 +185,16 @@ def is_deploy_form(keys: Iterable[str], deploy_expected: Iterable[str] = ()) -> 
     return bool(deploy) and deploy.issubset(set(keys))
 
 
-def guess_family(keys: Iterable[str]) -> str | None:
-    """The block family whose characteristic keys appear most (for ``reparam inspect``)."""
-    keys = list(keys)
-    counts = {name: sum(1 for k in keys if pattern.search(k)) for name, pattern in FAMILY_MARKERS}
+def guess_family(state: dict[str, Tensor]) -> str | None:
+    """The block family whose characteristic keys appear most (for ``reparam inspect``), for
+    training and fused checkpoints alike."""
+    counts: dict[str, int] = {}
+    for name, pattern in FAMILY_MARKERS:
+        counts[name] = counts.get(name, 0) + sum(1 for k in state if pattern.search(k))
+    fused = [v for k, v in state.items() if FUSED_SHARED.search(k)]
+    if fused:
+        depthwise = any(v.ndim == 4 and v.shape[1] == 1 for v in fused)
+        shared = "mobileone" if depthwise else "repvgg"
+        counts[shared] = counts.get(shared, 0) + len(fused)
     name, count = max(counts.items(), key=lambda item: item[1])
     return name if count else None

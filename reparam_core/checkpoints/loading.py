@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..blocks import ReparamBlock
 from ..errors import CheckpointError
-from .key_formats import detect_format, guess_family, is_deploy_form
+from .key_formats import FORMATS, detect_format, guess_family, identify_format, is_deploy_form
 from .reading import listing
 
 MIN_COVERAGE = 0.5  # below this share of expected keys, the checkpoint is of another architecture
@@ -39,7 +39,7 @@ def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) 
         looks = f"; its keys look like a {family!r} checkpoint" if family else ""
         raise CheckpointError(
             f"checkpoint does not fit the spec: only {match.matched} of {match.expected} expected keys "
-            f"found in any known layout (native, official, timm, mmpretrain){looks}; "
+            f"found in any known layout ({', '.join(f.name for f in FORMATS)}){looks}; "
             f"e.g. it has {', '.join(list(state)[:3])}"
         )
     mapped = match.state
@@ -50,6 +50,8 @@ def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) 
     for key in optional - tensors.keys():
         tensors[key] = torch.zeros((), dtype=torch.long, device=device)
     model.load_state_dict(tensors, strict=True, assign=True)
+    if match.format == "native" and identify_format(state).name == "timm":
+        return "timm"  # our layout of RepVGG / MobileOne branches is timm's
     return match.format
 
 

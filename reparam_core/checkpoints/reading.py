@@ -1,19 +1,18 @@
-"""Reading checkpoints safely: safetensors, or torch files through ``weights_only`` unpickling only.
+"""Reading checkpoints safely: safetensors, or torch files (zip or legacy) through an unpickler that
+never executes anything from the file (``unpickler.py``).
 
-Nothing in a checkpoint is ever executed. A torch file that pickles objects other than tensors
-(a training config, an ``argparse.Namespace``...) still yields its tensors: every such global is
-replaced by an inert placeholder before loading, so no constructor or function named in the file
-runs. Wrappers (``{"state_dict": ...}``, ``{"model": ...}``, EMA copies) and ``module.`` /
-``_orig_mod.`` prefixes are removed.
+A torch file that pickles objects other than tensors (a yacs config, an ``argparse.Namespace``,
+NumPy scalars...) still yields its tensors; those objects become inert data. Wrappers
+(``{"state_dict": ...}``, ``{"model": ...}``, EMA copies) and ``module.`` / ``_orig_mod.``
+prefixes are removed.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -22,8 +21,24 @@ from safetensors.torch import load_file as load_safetensors_file
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .unpickler import RefusedGlobal, plain, safe_pickle_module
 
-WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "ema", "module", "net", "weights")
+MODEL_KEYS = ("state_dict", "model", "module", "net", "weights")
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+WRAPPER_KEYS = MODEL_KEYS + EMA_KEYS
+MMENGINE_EMA = "ema_state_dict"  # mmengine's EMAHook swaps: state_dict holds the EMA, this the model
+Weights = Literal["auto", "model", "ema"]
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint's tensors, notes on what was skipped or chosen, and which weights they are:
+    ``model``, ``ema``, or ``only`` (no choice to make)."""
+
+    state: dict[str, Tensor]
+    notes: list[str]
+    weights: str
+
+
 PREFIXES = ("module.", "_orig_mod.")
 RESAVE_HINT = (
     "re-save the weights alone, e.g. torch.save(model.state_dict(), 'ckpt.pt') or "
@@ -31,83 +46,117 @@ RESAVE_HINT = (
 )
 
 
-class _Inert:
-    """Stands in for any pickled global that is not a tensor type: accepts and ignores everything."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, item: Any) -> None:
-        pass
-
-    def extend(self, items: Any) -> None:
-        pass
-
-
-def _placeholder(qualified: str) -> type:
-    module, _, name = qualified.rpartition(".")
-    return type(name, (_Inert,), {"__module__": module, "__qualname__": name})
-
-
 def read_checkpoint(
-    source: str | Path | bytes, name: str | None = None
-) -> tuple[dict[str, Tensor], list[str]]:
-    """Tensors of a checkpoint file (or its bytes), unwrapped and unprefixed; notes on what was skipped.
+    source: str | Path | bytes, name: str | None = None, weights: Weights = "auto"
+) -> Checkpoint:
+    """Tensors of a checkpoint file (or its bytes), unwrapped and unprefixed, with notes.
 
-    Files are memory-mapped, not copied: tensors are paged in as the conversion reads them.
-    ``name`` is how errors refer to the checkpoint (default: its path).
+    ``weights``: ``model`` (the training weights), ``ema`` (the exponential moving average) or
+    ``auto`` (the model's when the checkpoint has both; see :func:`select_weights`). Zip files are
+    memory-mapped, not copied. ``name`` is how errors refer to the checkpoint (default: its path).
     """
     if isinstance(source, bytes):
-        return _read(source, io.BytesIO(source), name or "<upload>")
+        return _read(source, io.BytesIO(source), name or "<upload>", weights)
     path = Path(source)
     label = name or str(path)
     try:
         with path.open("rb") as handle:
-            head = handle.read(8)
+            head = handle.read(9)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {label}: {exc.strerror}") from None
-    return _read(head, path, label)
+    return _read(head, path, label, weights)
 
 
-def _read(head: bytes, source: Path | io.BytesIO, name: str) -> tuple[dict[str, Tensor], list[str]]:
-    if zipfile.is_zipfile(source):
+def _read(head: bytes, source: Path | io.BytesIO, name: str, weights: Weights) -> Checkpoint:
+    if zipfile.is_zipfile(source) or not _looks_like_safetensors(head):
         obj, notes = _torch_load(source, name)
-        return unwrap(obj, name), notes
+        chosen, kind, note = select_weights(obj, weights, name)
+        return Checkpoint(unwrap(chosen, name), notes + ([note] if note else []), kind)
+    if weights == "ema":
+        raise CheckpointError(
+            f"{name}: a safetensors file holds one set of weights; weights=ema needs a wrapper"
+        )
     try:
         if isinstance(source, Path):
-            return dict(load_safetensors_file(source)), []
-        return dict(load_safetensors_bytes(source.getvalue())), []
+            return Checkpoint(dict(load_safetensors_file(source)), [], "only")
+        return Checkpoint(dict(load_safetensors_bytes(source.getvalue())), [], "only")
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
-        kind = "safetensors file" if head[8:9] == b"{" or name.endswith(".safetensors") else "checkpoint"
+        raise CheckpointError(f"{name}: not a readable safetensors file, or truncated ({exc})") from None
+
+
+def select_weights(obj: Any, weights: Weights, name: str = "checkpoint") -> tuple[Any, str, str | None]:
+    """The model or EMA weights of a training checkpoint: ``(weights, kind, note)``.
+
+    Model weights live under ``state_dict``, ``model``, ... and EMA weights under
+    ``state_dict_ema``, ``model_ema`` or ``ema`` (timm, DingXiaoH/RepVGG). mmengine (MMPretrain)
+    saves the EMA under ``state_dict`` and the model under ``ema_state_dict``. ``auto`` takes the
+    model weights; the note says which key was converted and what else was there.
+    """
+    if not isinstance(obj, dict):
+        return _only(obj, weights, name)
+    model_key = next((k for k in MODEL_KEYS if isinstance(obj.get(k), dict)), None)
+    ema_key = next((k for k in EMA_KEYS if isinstance(obj.get(k), dict)), None)
+    if isinstance(obj.get(MMENGINE_EMA), dict) and model_key == "state_dict":
+        model_key, ema_key = MMENGINE_EMA, "state_dict"
+    if ema_key is None:
+        return _only(obj, weights, name)
+    if weights == "ema":
+        note = f"converted the EMA weights under {ema_key!r}" + (
+            f" (model weights under {model_key!r})" if model_key else ""
+        )
+        return obj[ema_key], "ema", note
+    if model_key is None:
+        if weights == "model":
+            raise CheckpointError(
+                f"{name}: weights=model, but the checkpoint has only EMA weights ({ema_key!r})"
+            )
+        return obj[ema_key], "ema", f"converted the EMA weights under {ema_key!r} (no model weights)"
+    chosen = obj[model_key]
+    if model_key == MMENGINE_EMA:  # mmengine keeps the averaged model's own keys and a step counter
+        chosen = {k: v for k, v in chosen.items() if k != "steps"}
+    note = f"converted the model weights under {model_key!r}; EMA weights under {ema_key!r} also present"
+    return chosen, "model", note + " (weights=ema converts those)"
+
+
+def _only(obj: Any, weights: Weights, name: str) -> tuple[Any, str, str | None]:
+    if weights == "ema":
         raise CheckpointError(
-            f"{name}: not a readable {kind}: neither safetensors nor a torch zip archive, or truncated "
-            f"({exc}); the legacy non-zip torch format cannot be read without unpickling: {RESAVE_HINT}"
-        ) from None
+            f"{name}: weights=ema, but the checkpoint has no EMA weights (looked for {', '.join(EMA_KEYS)})"
+        )
+    return obj, "only", None
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """A safetensors file starts with its header's length (little-endian u64), then ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{"
 
 
 def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
+    ignored: set[str] = set()
+    module = safe_pickle_module(ignored)
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(source)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{name}: corrupt or truncated torch checkpoint ({exc})") from None
-    placeholders: list[Any] = [_placeholder(qualified) for qualified in unsafe]
-    mmap = isinstance(source, Path)
-    try:
-        with torch.serialization.safe_globals(placeholders):
-            obj = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # torch raises many types for malformed archives
-        reason = f"it references {', '.join(unsafe)}, which safe loading refuses" if unsafe else str(exc)
+        obj = torch.load(
+            source, map_location="cpu", weights_only=False, pickle_module=module, mmap=_mmap(source)
+        )
+    except RefusedGlobal as exc:
         raise CheckpointError(
-            f"{name}: cannot be loaded safely ({reason}; nothing was executed); {RESAVE_HINT}"
+            f"{name}: refused: it references {exc.name}, which can only mean running code "
+            f"(nothing was executed); {RESAVE_HINT}"
         ) from None
-    notes = [f"ignored pickled object {qualified} (never executed)" for qualified in unsafe]
-    return obj, notes
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name}: {exc}") from None
+    except Exception as exc:  # torch and pickle raise many types for malformed files
+        raise CheckpointError(
+            f"{name}: neither safetensors nor a readable torch checkpoint (corrupt or truncated?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    notes = [f"ignored pickled object {qualified} (never executed)" for qualified in sorted(ignored)]
+    return plain(obj), notes
+
+
+def _mmap(source: Path | io.BytesIO) -> bool:
+    """Memory-map zip files on disk (tensors paged in as read); legacy files cannot be mapped."""
+    return isinstance(source, Path) and zipfile.is_zipfile(source)
 
 
 def unwrap(obj: Any, name: str = "checkpoint") -> dict[str, Tensor]:

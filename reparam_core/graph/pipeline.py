@@ -65,7 +65,7 @@ def fuse_checkpoint(
         raise SpecError(f"--input-shape {input_shape}: expected N,C,H,W")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    state, _ = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint).state
     check_values(state)
     try:
         model.load_state_dict(state, strict=True)

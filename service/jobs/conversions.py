@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reparam_core import ArchSpec, EquivalenceError, ReparamError, ServingOptions, convert
+from reparam_core import ArchSpec, EquivalenceError, ReparamError, ServingOptions, Weights, convert
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
@@ -39,24 +39,34 @@ class Upload:
 
 @dataclass(frozen=True)
 class ConversionRequest:
-    """What to convert and how to serve it."""
+    """What to convert, which of its weights, what to prove it against, and how to serve it."""
 
     name: str
     spec: ArchSpec
     upload: Upload
     tolerance: float
     serving: ServingOptions
+    weights: Weights = "auto"
+    reference: Upload | None = None
+
+    def digest(self) -> str:
+        """What makes two conversions of the same checkpoint the same: spec, weights, reference."""
+        canonical = json.dumps(
+            {
+                "spec": self.spec.model_dump(mode="json"),
+                "weights": self.weights,
+                "reference": self.reference.sha256 if self.reference else None,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class ConversionOutcome:
     record: VersionRecord
     created: bool
-
-
-def spec_digest(spec: ArchSpec) -> str:
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class Conversions:
@@ -82,7 +92,7 @@ class Conversions:
     async def run(self, request: ConversionRequest) -> ConversionOutcome:
         """Convert (or reuse an identical earlier conversion), store, register; raises on bad input."""
         name, upload = request.name, request.upload
-        spec_sha = spec_digest(request.spec)
+        spec_sha = request.digest()
         serving = request.serving.model_dump(mode="json")
         existing = await asyncio.to_thread(
             self.metadata.find_duplicate, name, upload.sha256, spec_sha, serving
@@ -132,6 +142,8 @@ class Conversions:
             tolerance=request.tolerance,
             checkpoint_name=request.upload.filename,
             serving=request.serving,
+            weights=request.weights,
+            reference=request.reference.path if request.reference else None,
         )
         for stage, seconds in result.timings.items():
             self.metrics.conversion_duration.labels(stage).observe(seconds)

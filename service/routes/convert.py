@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from reparam_core import parse_serving, parse_spec
+from reparam_core import Weights, parse_serving, parse_spec
 
 from ..deps import ConversionsDep, MetadataDep, SettingsDep, TokenDep
 from ..errors import BadInput, NotFound
@@ -82,9 +82,9 @@ def _response(record: VersionRecord, created: bool) -> ConversionResponse:
     )
 
 
-def _save(source: IO[bytes], folder: Path, filename: str) -> Upload:
+def _save(source: IO[bytes], folder: Path, filename: str, stored_as: str = "checkpoint") -> Upload:
     digest, size = hashlib.sha256(), 0
-    path = folder / "checkpoint"
+    path = folder / stored_as
     with path.open("wb") as out:
         while block := source.read(1 << 20):
             digest.update(block)
@@ -127,6 +127,17 @@ async def convert_checkpoint(
             "compile, compile_mode, warmup_iterations"
         ),
     ] = None,
+    weights: Annotated[
+        Weights,
+        Form(description="a checkpoint with model and EMA weights: which to convert (auto: the model's)"),
+    ] = "auto",
+    reference: Annotated[
+        UploadFile | None,
+        File(
+            description="optional safetensors file of 'inputs' [N,C,H,W] and your own model's 'outputs' "
+            "[N,classes]: the deploy net is held to them too"
+        ),
+    ] = None,
     wait: Annotated[bool, Query(description="false: answer 202 at once with a job URL")] = True,
 ) -> Any:
     if not NAME.match(name):
@@ -137,10 +148,16 @@ async def convert_checkpoint(
     try:
         filename = Path(checkpoint.filename or "checkpoint").name
         upload = await asyncio.to_thread(_save, checkpoint.file, folder, filename)
+        expected = None
+        if reference is not None:
+            label = Path(reference.filename or "reference").name
+            expected = await asyncio.to_thread(_save, reference.file, folder, label, "reference.safetensors")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    request = ConversionRequest(name, arch, upload, tolerance or settings.default_tolerance, options)
+    request = ConversionRequest(
+        name, arch, upload, tolerance or settings.default_tolerance, options, weights, expected
+    )
     if not wait:
         job = await conversions.start_job(request)
         return JSONResponse(

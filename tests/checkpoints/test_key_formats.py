@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,15 +79,6 @@ TO_OFFICIAL_DBB = renamer(
 )
 
 
-def to_official_orepa(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = renamer(*OFFICIAL_MODEL, (r"\.generator\.seq\.", "."), (r"\.generator\.", "."))(state)
-    for key in [k for k in out if k.endswith("weight_orepa_origin")]:  # constant buffers the reference saves
-        block = key.rsplit(".", 1)[0]
-        out[f"{block}.weight_orepa_avg_avg"] = torch.full((3, 3), 1 / 9)
-        out[f"{block}.id_tensor"] = torch.zeros(1)
-    return out
-
-
 MM_MODEL = ((r"^stem\.", "backbone.stem."), (r"^stages\.(\d+)\.", stage_plus_one("backbone.stage_")))
 TO_MMPRETRAIN_REPVGG = renamer(
     *MM_MODEL,
@@ -121,7 +113,8 @@ CASES = [
     ("official", {**CUSTOM, "family": "repopt_vgg", "block": "csla", **SMALL}, renamer(*OFFICIAL_MODEL)),
     ("official", {**CUSTOM, "block": "acb", **SMALL}, TO_OFFICIAL_ACB),
     ("official", {**CUSTOM, "block": "dbb", **SMALL}, TO_OFFICIAL_DBB),
-    ("official", {**CUSTOM, "block": "orepa", **SMALL}, to_official_orepa),
+    ("official", {**CUSTOM, "block": "orepa", **SMALL}, renamer(*OFFICIAL_MODEL)),
+    ("official", {**CUSTOM, "block": "orepa_vgg", **SMALL}, TO_OFFICIAL_REPVGG),
     ("mmpretrain", {"family": "repvgg", "variant": "A0", **SMALL}, TO_MMPRETRAIN_REPVGG),
     ("mmpretrain", {"family": "repvgg", "variant": "D2se", **SMALL}, TO_MMPRETRAIN_REPVGG),
     ("mmpretrain", {"family": "mobileone", "variant": "S4", **SMALL}, TO_MMPRETRAIN_MOBILEONE),
@@ -157,7 +150,7 @@ def test_timm_checkpoints_match_timms_own_fusion(timm_name: str, spec: dict) -> 
     # percent-level differences for any fusion (timm's included); float64 leaves only the fusion.
     model = randomize_(timm.create_model(timm_name, num_classes=10), seed=5).double().eval()
     result = convert({**spec, **SMALL}, model.state_dict(), storage_dtype=torch.float64)
-    assert result.report.checkpoint_format == ("timm" if timm_name == "mobileone_s4" else "native")
+    assert result.report.checkpoint_format == "timm"
     assert result.report.passed
     x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
     with torch.no_grad():
@@ -167,3 +160,42 @@ def test_timm_checkpoints_match_timms_own_fusion(timm_name: str, spec: dict) -> 
     assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-9
     assert ((ours - train).abs().max() / train.abs().max()).item() < 1e-9
     assert (ours.argmax(1) == theirs.argmax(1)).all()
+
+
+class CfgNode(dict):
+    """Stands for yacs' CfgNode, which DingXiaoH/RepVGG main.py and RepOptimizers main_repopt.py
+    pickle as 'config' beside the weights (a dict subclass with attributes of its own)."""
+
+    def __init__(self, init: dict | None = None) -> None:
+        super().__init__(init or {})
+        self.__dict__["__immutable__"] = True
+
+
+@pytest.mark.parametrize(
+    ("spec", "rename"),
+    [
+        ({"family": "repvgg", "variant": "A0", **SMALL}, TO_OFFICIAL_REPVGG),
+        ({"family": "repopt_vgg", "variant": "B1", **SMALL}, renamer(*OFFICIAL_MODEL)),
+    ],
+    ids=["repvgg-main.py", "repoptimizers-main_repopt.py"],
+)
+def test_official_training_script_checkpoints_convert(tmp_path: Path, spec: dict, rename: Callable) -> None:
+    state = native_state(spec)
+    path = tmp_path / "ckpt_epoch_120.pth"
+    config = CfgNode({"MODEL": CfgNode({"ARCH": "RepVGG-A0"}), "TRAIN": CfgNode({"EMA_ALPHA": 0.0})})
+    torch.save(
+        {
+            "model": rename(state),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+            "lr_scheduler": {"last_epoch": 120},
+            "max_accuracy": 72.4,
+            "epoch": 120,
+            "config": config,
+        },
+        path,
+    )
+    result = convert(spec, path)
+    assert result.report.checkpoint_format == "official" and result.report.weights == "only"
+    assert any("CfgNode" in note for note in result.report.checkpoint_notes)
+    expected, got = convert(spec, state).state_dict(), result.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib
 import os
 import pickle
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -23,11 +27,6 @@ class TrainingConfig:
 
     def __init__(self) -> None:
         self.lr = 0.1
-
-
-class Exploit:
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {MARKER}",))
 
 
 def equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -50,8 +49,49 @@ def equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_unwraps_common_layouts(tmp_path: Path, wrap: object) -> None:
     path = tmp_path / "ckpt.pt"
     torch.save(wrap(STATE), path)  # type: ignore[operator]
-    state, notes = read_checkpoint(path)
-    assert equal(state, STATE) and notes == []
+    state, notes, _ = read_checkpoint(path)
+    assert equal(state, STATE) and all("EMA weights" in note for note in notes)
+
+
+MODEL = {k: v + 1 for k, v in STATE.items()}
+EMA = {k: v + 2 for k, v in STATE.items()}
+
+
+@pytest.mark.parametrize(
+    ("layout", "model_key", "ema_key"),
+    [("timm", "state_dict", "state_dict_ema"), ("repvgg", "model", "model_ema")],
+)
+def test_model_or_ema_weights_are_chosen_and_reported(
+    tmp_path: Path, layout: str, model_key: str, ema_key: str
+) -> None:
+    path = tmp_path / f"{layout}.pth"
+    torch.save({model_key: MODEL, ema_key: EMA, "epoch": 3}, path)
+    auto, model, ema = (read_checkpoint(path, weights=w) for w in ("auto", "model", "ema"))
+    assert equal(auto.state, MODEL) and auto.weights == "model" and f"under {ema_key!r}" in auto.notes[-1]
+    assert equal(model.state, MODEL) and model.weights == "model"
+    assert (
+        equal(ema.state, EMA) and ema.weights == "ema" and f"EMA weights under {ema_key!r}" in ema.notes[-1]
+    )
+
+
+def test_mmengine_ema_checkpoints_are_read_the_way_mmengine_swaps_them(tmp_path: Path) -> None:
+    """mmengine's EMAHook saves the averaged weights as 'state_dict' and the model's as
+    'ema_state_dict' (keys prefixed 'module.', plus a 'steps' counter)."""
+    path = tmp_path / "epoch_300.pth"
+    swapped = {f"module.{k}": v for k, v in MODEL.items()} | {"steps": torch.tensor(1000)}
+    torch.save({"meta": {"epoch": 300}, "state_dict": EMA, "ema_state_dict": swapped}, path)
+    assert equal(read_checkpoint(path, weights="ema").state, EMA)
+    assert equal(read_checkpoint(path, weights="model").state, MODEL)
+
+
+def test_asking_for_weights_that_are_not_there(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pth"
+    torch.save({"state_dict": STATE}, path)
+    with pytest.raises(CheckpointError, match="weights=ema, but the checkpoint has no EMA weights"):
+        read_checkpoint(path, weights="ema")
+    torch.save({"model_ema": STATE}, path)
+    with pytest.raises(CheckpointError, match="weights=model, but the checkpoint has only EMA weights"):
+        read_checkpoint(path, weights="model")
 
 
 def test_safetensors_file_and_bytes(tmp_path: Path) -> None:
@@ -66,17 +106,114 @@ def test_pickled_config_objects_are_skipped_not_executed(tmp_path: Path) -> None
     torch.save({"state_dict": STATE, "args": argparse.Namespace(lr=0.1), "cfg": TrainingConfig()}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # what plain safe loading does with it
-    state, notes = read_checkpoint(path)
+    state, notes, _ = read_checkpoint(path)
     assert equal(state, STATE)
     assert any("argparse.Namespace" in n for n in notes) and any("TrainingConfig" in n for n in notes)
 
 
-@pytest.mark.parametrize("payload", [lambda: Exploit(), lambda: {"state_dict": STATE, "x": Exploit()}])
-def test_code_in_a_pickle_never_runs(tmp_path: Path, payload: object) -> None:
+class CfgNode(dict):
+    """Behaves like yacs' CfgNode (DingXiaoH/RepVGG main.py pickles one as 'config'): a dict subclass
+    with attributes of its own; any code of it that ran would leave the marker."""
+
+    def __init__(self, init: dict | None = None) -> None:
+        super().__init__(init or {})
+        self.__dict__["__immutable__"] = True
+
+    def __setstate__(self, state: dict) -> None:
+        MARKER.touch()
+
+    def __setitem__(self, key: object, value: object) -> None:
+        MARKER.touch()
+        super().__setitem__(key, value)
+
+
+def test_official_training_script_checkpoint_loads(tmp_path: Path) -> None:
+    """DingXiaoH/RepVGG main.py / RepOptimizers main_repopt.py save_checkpoint layout."""
+    MARKER.unlink(missing_ok=True)
+    config = CfgNode({"MODEL": CfgNode({"ARCH": "RepVGG-A0"}), "TRAIN": CfgNode({"BASE_LR": 0.1})})
+    path = tmp_path / "ckpt_epoch_120.pth"
+    torch.save(
+        {
+            "model": STATE,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+            "lr_scheduler": {"last_epoch": 120},
+            "max_accuracy": 72.4,
+            "epoch": 120,
+            "config": config,
+            "scaler": {"scale": np.float64(65536.0), "steps": np.arange(3)},
+        },
+        path,
+    )
+    MARKER.unlink(missing_ok=True)  # building the config above ran its own code; loading must not
+    state, notes, _ = read_checkpoint(path)
+    assert equal(state, STATE) and not MARKER.exists()
+    assert any("CfgNode" in n for n in notes)
+
+
+def test_legacy_format_loads(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save(
+        {"state_dict": STATE, "args": argparse.Namespace(lr=0.1)}, path, _use_new_zipfile_serialization=False
+    )
+    assert equal(read_checkpoint(path)[0], STATE)
+
+
+class Reduces:
+    """Pickles as ``callable(*args)``: the shape of every code-execution payload."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (self.func, self.args)
+
+
+HOSTILE = {
+    "posix.system": lambda: Reduces(os.system, f"touch {MARKER}"),
+    "builtins.eval": lambda: Reduces(eval, f"open('{MARKER}', 'w')"),
+    "builtins.exec": lambda: Reduces(exec, f"open('{MARKER}', 'w')"),
+    "subprocess.Popen": lambda: Reduces(subprocess.Popen, ["touch", str(MARKER)]),
+    "importlib.import_module": lambda: Reduces(importlib.import_module, "this"),
+    "builtins.getattr": lambda: Reduces(getattr, Reduces(importlib.import_module, "os"), "system"),
+    "builtins.__import__": lambda: Reduces(__import__, "os"),
+    "torch.serialization.load": lambda: Reduces(torch.load, str(MARKER)),
+}
+
+
+@pytest.mark.parametrize("callable_name", list(HOSTILE))
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_code_in_a_pickle_never_runs(tmp_path: Path, callable_name: str, legacy: bool) -> None:
     MARKER.unlink(missing_ok=True)
     path = tmp_path / "evil.pt"
-    torch.save(payload(), path)  # type: ignore[operator]
-    with pytest.raises(CheckpointError, match=r"references posix.system.*nothing was executed.*re-save"):
+    torch.save(
+        {"state_dict": STATE, "x": HOSTILE[callable_name]()}, path, _use_new_zipfile_serialization=not legacy
+    )
+    with pytest.raises(
+        CheckpointError, match=rf"refused: it references {callable_name}.*nothing was executed"
+    ):
+        read_checkpoint(path)
+    assert not MARKER.exists()
+
+
+class CallableResult(Reduces):
+    """A callable object that pickles as the result of a call: ``(callable(*args))(...)`` chains."""
+
+    def __call__(self, *args: object) -> None:
+        MARKER.touch()
+
+
+def test_a_call_of_a_call_is_refused_without_calling_either(tmp_path: Path) -> None:
+    """A reduce whose callable is itself the result of a reduce."""
+    path = tmp_path / "nested.pt"
+    torch.save({"state_dict": STATE, "x": Reduces(CallableResult(collections.OrderedDict), "arg")}, path)
+    with pytest.raises(CheckpointError, match="not a known constructor"):
+        read_checkpoint(path)
+
+
+def test_raw_pickle_of_a_payload_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps(Reduces(os.system, f"touch {MARKER}"), protocol=2))
+    with pytest.raises(CheckpointError, match=r"references posix\.system"):
         read_checkpoint(path)
     assert not MARKER.exists()
 
@@ -85,13 +222,6 @@ def test_no_tensors_at_all(tmp_path: Path) -> None:
     path = tmp_path / "empty.pt"
     torch.save({"epoch": 3, "args": argparse.Namespace(lr=1)}, path)
     with pytest.raises(CheckpointError, match="found no state dict"):
-        read_checkpoint(path)
-
-
-def test_legacy_pickle_format_is_refused_with_a_hint(tmp_path: Path) -> None:
-    path = tmp_path / "legacy.pt"
-    torch.save(STATE, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"legacy non-zip torch format.*re-save the weights"):
         read_checkpoint(path)
 
 

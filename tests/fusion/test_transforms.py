@@ -1,4 +1,4 @@
-"""Each transform in kernels.py against the torch ops it replaces, in float64."""
+"""Each transform in reparam_core.fusion.transforms against the torch ops it replaces, in float64."""
 
 from __future__ import annotations
 

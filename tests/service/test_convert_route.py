@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
-from reparam_core import convert
+from reparam_core import build_train_model, convert, make_reference
 from service.app import create_app
 from service.config import Settings
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, wait_for
+from tests.helpers import convert_form, randomize_, state_of, wait_for
 
 
 def stored_files(settings: Settings) -> list[Path]:
@@ -54,7 +55,9 @@ def test_bad_inputs_get_precise_errors(
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     bad = client.post("/convert", **convert_form(junk))
-    assert bad.status_code == 400 and bad.json()["detail"].startswith("junk.pt: not a readable checkpoint")
+    assert bad.status_code == 400 and bad.json()["detail"].startswith(
+        "junk.pt: neither safetensors nor a readable"
+    )
     assert str(settings.data_dir) not in bad.json()["detail"]  # no server paths in errors
     wrong = client.post(
         "/convert", **convert_form(checkpoint, spec={**SPEC, "num_classes": 7, "labels": None})
@@ -69,6 +72,45 @@ def test_bad_inputs_get_precise_errors(
     assert missing.status_code == 422 and "checkpoint" in missing.json()["detail"]
     assert client.get("/models").json() == [] and stored_files(settings) == []
     assert list((settings.resolved_artifacts_dir / "tmp").iterdir()) == []  # uploads cleaned up
+
+
+def test_reference_outputs_hold_the_conversion_to_the_users_model(
+    client: TestClient, checkpoint: Path, tmp_path: Path, settings: Settings
+) -> None:
+    inputs = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    good, other = tmp_path / "good.safetensors", tmp_path / "other.safetensors"
+    make_reference(randomize_(build_train_model(SPEC), seed=0), inputs, good)  # the checkpoint's net
+    make_reference(randomize_(build_train_model(SPEC), seed=1), inputs, other)  # another net
+    form = convert_form(checkpoint)
+    failed = client.post(
+        "/convert",
+        files={**form["files"], "reference": ("other.safetensors", other.read_bytes())},
+        data=form["data"],
+    )
+    assert failed.status_code == 422 and failed.json()["report"]["reference"]["passed"] is False
+    assert client.get("/models").json() == [] and stored_files(settings) == []
+    passed = client.post(
+        "/convert",
+        files={**form["files"], "reference": ("good.safetensors", good.read_bytes())},
+        data=form["data"],
+    )
+    assert passed.status_code == 201 and passed.json()["report"]["reference"]["passed"] is True
+    plain = client.post("/convert", **form)  # no reference: another conversion, not the proven one
+    assert plain.status_code == 201 and plain.json()["version"] == 2
+    junk = client.post("/convert", files={**form["files"], "reference": ("r", b"junk")}, data=form["data"])
+    assert junk.status_code == 422 and junk.json()["detail"].startswith("reference: not a readable")
+
+
+def test_weights_field_picks_ema(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "both.pth"
+    torch.save({"state_dict": state_of(SPEC, 0), "state_dict_ema": state_of(SPEC, 1)}, path)
+    ema = client.post("/convert", **convert_form(path, weights="ema"))
+    model = client.post("/convert", **convert_form(path, weights="model"))
+    assert (ema.status_code, model.status_code) == (201, 201)
+    assert ema.json()["report"]["weights"] == "ema" and model.json()["report"]["weights"] == "model"
+    assert ema.json()["digest"] != model.json()["digest"]
+    bad = client.post("/convert", **convert_form(path, weights="best"))
+    assert bad.status_code == 422 and "weights" in bad.json()["detail"]
 
 
 def test_upload_cap_is_413(settings: Settings, checkpoint: Path) -> None:
