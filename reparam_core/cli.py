@@ -91,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     reference.add_argument("--weights", default="auto", choices=["auto", "model", "ema"])
     reference.set_defaults(run=_cmd_reference)
 
+    repopt = sub.add_parser("repopt", help="RepOptimizer workflow steps (see docs/optim.md)")
+    repopt_steps = repopt.add_subparsers(required=True, metavar="STEP")
+    scales = repopt_steps.add_parser(
+        "scales", help="extract the per-channel scales of a hyper-search checkpoint (ours or official)"
+    )
+    scales.add_argument("--checkpoint", required=True, type=Path)
+    scales.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
+    scales.set_defaults(run=_cmd_repopt_scales)
+
     example = sub.add_parser(
         "example", help="write a small training-form checkpoint, its spec and a photo to try things on"
     )
@@ -318,6 +327,18 @@ def _shape(text: str) -> tuple[int, ...]:
     if len(shape) != 4 or min(shape) < 1:
         raise ReparamError(f"input shape {text!r}: expected four positive integers N,C,H,W")
     return shape
+
+
+def _cmd_repopt_scales(args: argparse.Namespace) -> int:
+    from .optim import extract_scales, save_scales
+
+    scales = extract_scales(args.checkpoint)
+    save_scales(scales, args.out)
+    identity = sum(1 for found in scales.values() if "identity" in found)
+    out.print(
+        f"{args.out}: scales of {len(scales)} blocks ({identity} with an identity branch)", highlight=False
+    )
+    return EXIT_OK
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
