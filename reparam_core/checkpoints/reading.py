@@ -21,7 +21,7 @@ from safetensors.torch import load_file as load_safetensors_file
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .unpickler import RefusedGlobal, plain, safe_pickle_module
+from .unpickler import Loading, RefusedGlobal, plain, safe_pickle_module
 
 MODEL_KEYS = ("state_dict", "model", "module", "net", "weights")
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
@@ -71,7 +71,9 @@ def _read(head: bytes, source: Path | io.BytesIO, name: str, weights: Weights) -
     if zipfile.is_zipfile(source) or not _looks_like_safetensors(head):
         obj, notes = _torch_load(source, name)
         chosen, kind, note = select_weights(obj, weights, name)
-        return Checkpoint(unwrap(chosen, name), notes + ([note] if note else []), kind)
+        state = unwrap(chosen, name)
+        _check_layouts(state, name)
+        return Checkpoint(state, notes + ([note] if note else []), kind)
     if weights == "ema":
         raise CheckpointError(
             f"{name}: a safetensors file holds one set of weights; weights=ema needs a wrapper"
@@ -126,18 +128,35 @@ def _only(obj: Any, weights: Weights, name: str) -> tuple[Any, str, str | None]:
     return obj, "only", None
 
 
+def _check_layouts(state: dict[str, Tensor], name: str) -> None:
+    """Every tensor must be backed by its own bytes: a broadcast view (stride 0) of a tiny storage
+    could claim 10^15 elements that every later step would walk through."""
+    for key, tensor in state.items():
+        needed = tensor.numel() * tensor.element_size()
+        broadcast = any(s == 0 for s, n in zip(tensor.stride(), tensor.shape, strict=True) if n > 1)
+        if needed > tensor.untyped_storage().nbytes() or broadcast:
+            raise CheckpointError(
+                f"{name}: tensor {key} {list(tensor.shape)} is a view larger than its storage"
+            )
+
+
 def _looks_like_safetensors(head: bytes) -> bool:
     """A safetensors file starts with its header's length (little-endian u64), then ``{``."""
     return len(head) >= 9 and head[8:9] == b"{"
 
 
 def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
-    ignored: set[str] = set()
-    module = safe_pickle_module(ignored)
+    zipped = zipfile.is_zipfile(source)
+    _refuse_code_archives(source, zipped, name)
+    size = source.stat().st_size if isinstance(source, Path) else len(source.getbuffer())
+    record = Loading(max_bytes=size)
+    module = safe_pickle_module(record)
+    mmap = zipped and isinstance(source, Path)  # tensors paged in as read; legacy files cannot be mapped
     try:
-        obj = torch.load(
-            source, map_location="cpu", weights_only=False, pickle_module=module, mmap=_mmap(source)
-        )
+        obj = torch.load(source, map_location="cpu", weights_only=False, pickle_module=module, mmap=mmap)
+        if not zipped:
+            record.check_legacy_coverage()
+        obj = plain(obj)
     except RefusedGlobal as exc:
         raise CheckpointError(
             f"{name}: refused: it references {exc.name}, which can only mean running code "
@@ -150,13 +169,35 @@ def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
             f"{name}: neither safetensors nor a readable torch checkpoint (corrupt or truncated?): "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    notes = [f"ignored pickled object {qualified} (never executed)" for qualified in sorted(ignored)]
-    return plain(obj), notes
+    notes = [f"ignored pickled object {qualified} (never executed)" for qualified in sorted(record.ignored)]
+    return obj, notes
 
 
-def _mmap(source: Path | io.BytesIO) -> bool:
-    """Memory-map zip files on disk (tensors paged in as read); legacy files cannot be mapped."""
-    return isinstance(source, Path) and zipfile.is_zipfile(source)
+def _refuse_code_archives(source: Path | io.BytesIO, zipped: bool, name: str) -> None:
+    """TorchScript archives (``torch.jit.save``) carry code that ``torch.load`` would hand to
+    ``torch.jit.load`` and run; the pre-1.0 tar format extracts files. Neither is read."""
+    if zipped:
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise CheckpointError(
+                f"{name}: a TorchScript archive (it carries code, which is never run here); {RESAVE_HINT}"
+            )
+    elif _is_tar(source):
+        raise CheckpointError(
+            f"{name}: the tar-based torch format (before PyTorch 0.4) is not read; {RESAVE_HINT}"
+        )
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+
+
+def _is_tar(source: Path | io.BytesIO) -> bool:
+    """A POSIX tar archive: ``ustar`` at offset 257 (stricter than ``tarfile.is_tarfile``)."""
+    if isinstance(source, io.BytesIO):
+        return source.getbuffer()[257:262].tobytes() == b"ustar"
+    with source.open("rb") as handle:
+        handle.seek(257)
+        return handle.read(5) == b"ustar"
 
 
 def unwrap(obj: Any, name: str = "checkpoint") -> dict[str, Tensor]:

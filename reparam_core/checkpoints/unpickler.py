@@ -27,6 +27,7 @@ from typing import IO, Any, ClassVar
 
 import torch
 import torch._utils
+from torch import Tensor
 
 from ..errors import CheckpointError
 
@@ -46,10 +47,11 @@ _REFUSED_GLOBALS = frozenset(
     {"types.FunctionType", "types.LambdaType", "types.CodeType", "types.MethodType", "types.ModuleType",
      "types.BuiltinFunctionType"}
 )  # fmt: skip
-_SAFE_BUILTINS = frozenset(
-    {"set", "frozenset", "list", "dict", "tuple", "int", "float", "complex", "bool", "str", "bytes",
-     "bytearray", "slice", "range", "object"}
-)  # fmt: skip
+# Constructors whose cost is bounded by their pickled arguments (no range, bytes(n), str(...),
+# and no set/frozenset, which would hash arbitrarily shared tuples).
+_SAFE_BUILTINS = frozenset({"list", "dict", "tuple", "int", "float", "complex", "bool", "slice", "object"})
+# Harmless builtins that are not called either: they stay inert like any other class.
+_INERT_BUILTINS = frozenset({"str", "bytes", "bytearray", "range", "set", "frozenset", "Ellipsis"})
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: tuple[Any, ...], state: Any) -> Any:
@@ -66,17 +68,19 @@ def _encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode(encoding)
 
 
-_REBUILD = {
-    torch._utils._rebuild_tensor,
-    torch._utils._rebuild_tensor_v2,
-    torch._utils._rebuild_parameter,
-    torch._utils._rebuild_parameter_with_state,
-}
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> Tensor:
+    """torch's ``_rebuild_parameter(_with_state)``: the tensor alone (no hooks, no attributes)."""
+    if not isinstance(data, Tensor):
+        raise CheckpointError("a parameter rebuilt from something that is not a tensor")
+    return data.detach()
+
+
+_REBUILD = {torch._utils._rebuild_tensor, torch._utils._rebuild_tensor_v2, _rebuild_parameter}
 _CALLABLE: dict[str, Any] = {
     "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": torch._utils._rebuild_parameter_with_state,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "collections.OrderedDict": collections.OrderedDict,
     "torch.Size": torch.Size,
@@ -85,6 +89,13 @@ _CALLABLE: dict[str, Any] = {
     **{f"builtins.{name}": getattr(builtins, name) for name in _SAFE_BUILTINS},
 }
 _DATA_TYPES = frozenset({collections.OrderedDict, *(getattr(builtins, name) for name in _SAFE_BUILTINS)})
+# Classes torch's own persistent_load compares storage types with: returned, never called.
+_TYPES: dict[str, Any] = {
+    "torch.storage.UntypedStorage": torch.UntypedStorage,
+    "torch.UntypedStorage": torch.UntypedStorage,
+}
+MAX_DEPTH = 200  # nesting of pickled containers that ``plain`` follows
+MAX_NODES = 1_000_000  # containers and objects that ``plain`` visits
 _DTYPES = {f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
 
 
@@ -124,7 +135,7 @@ class Inert:
 class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: every opcode is ours to handle
     dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
 
-    ignored: set[str]  # names of the globals made inert (shared by a pickle module's unpicklers)
+    record: Loading  # what one torch.load saw (shared by the module's unpicklers)
     # State of the pure-Python unpickler (not in typeshed's stubs).
     stack: list[Any]
     proto: int
@@ -145,13 +156,15 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: every opco
             raise RefusedGlobal(qualified)
         if qualified.startswith(_REFUSED_TORCH):
             raise RefusedGlobal(qualified)
-        if module == "builtins" and name not in _SAFE_BUILTINS:
+        if module == "builtins" and name not in _SAFE_BUILTINS | _INERT_BUILTINS:
             raise RefusedGlobal(qualified)
         if qualified in _CALLABLE:
             return _CALLABLE[qualified]
         if qualified in _DTYPES:
             return _DTYPES[qualified]
-        self.ignored.add(qualified)
+        if qualified in _TYPES:
+            return _TYPES[qualified]
+        self.record.ignored.add(qualified)
         return Global(qualified)
 
     def _call(self, func: Any, args: tuple[Any, ...]) -> Any:
@@ -199,6 +212,60 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: every opco
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
     dispatch[pickle.BUILD[0]] = load_build
 
+    _guarded: Callable[[Any], Any] | None = None
+
+    @property  # type: ignore[override]
+    def persistent_load(self) -> Callable[[Any], Any]:
+        return self._guarded or self._refuse_persistent_id
+
+    @persistent_load.setter
+    def persistent_load(self, load: Callable[[Any], Any]) -> None:
+        """torch installs its storage loader here: checked before torch sees a storage id."""
+        record = self.record
+
+        def guarded(pid: Any) -> Any:
+            record.check_storage(pid)
+            return load(pid)
+
+        self._guarded = guarded
+
+    def _refuse_persistent_id(self, pid: Any) -> Any:
+        raise CheckpointError("the pickle references external storage, which a plain pickle cannot have")
+
+
+class Loading:
+    """What one ``torch.load`` through the safe module saw: globals made inert, storages named by
+    the pickle (each capped by the file's size), storage keys a legacy file lists as stored."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.ignored: set[str] = set()
+        self.storages: set[str] = set()
+        self.listed: set[str] = set()
+
+    def check_storage(self, pid: Any) -> None:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage")):
+            raise CheckpointError("the pickle references something other than a tensor storage")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise CheckpointError("malformed tensor storage reference")
+        size = 1 if storage_type is torch.UntypedStorage else getattr(storage_type, "dtype", None)
+        if size is None or isinstance(storage_type, Global):
+            raise CheckpointError(f"storage of an unknown type {storage_type!r}")
+        element = size if isinstance(size, int) else torch.empty(0, dtype=size).element_size()
+        if numel * element > self.max_bytes:
+            raise CheckpointError(
+                f"a tensor storage of {numel * element} bytes in a {self.max_bytes}-byte file"
+            )
+        self.storages.add(key)
+
+    def check_legacy_coverage(self) -> None:
+        """A legacy file lists the storages whose bytes follow; one not listed would be returned
+        with whatever memory it was allocated on."""
+        missing = self.storages - self.listed
+        if missing:
+            raise CheckpointError(f"{len(missing)} tensor storages have no data in the file")
+
 
 class RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a global that can only mean running code."""
@@ -208,29 +275,54 @@ class RefusedGlobal(pickle.UnpicklingError):
         self.name = name
 
 
-def safe_pickle_module(ignored: set[str]) -> SimpleNamespace:
-    """What ``torch.load(pickle_module=...)`` needs of a pickle module, recording the names of the
-    globals it made inert into ``ignored``."""
-    unpickler = type("SafeUnpickler", (SafeUnpickler,), {"ignored": ignored})
+def safe_pickle_module(record: Loading) -> SimpleNamespace:
+    """What ``torch.load(pickle_module=...)`` needs of a pickle module, recording into ``record``."""
+    unpickler = type("SafeUnpickler", (SafeUnpickler,), {"record": record})
 
     def load(file: IO[bytes], **kwargs: Any) -> Any:
-        return unpickler(file, **kwargs).load()
+        value = unpickler(file, **kwargs).load()
+        if isinstance(value, list) and all(isinstance(k, str) for k in value):
+            record.listed.update(value)  # the legacy format's list of stored storage keys
+        return value
 
     return SimpleNamespace(__name__="reparam_safe_pickle", Unpickler=unpickler, load=load)
 
 
 def plain(value: Any) -> Any:
-    """Inert objects replaced by plain data: items as a dict, list items as a list, else the state."""
-    if isinstance(value, Inert):
-        if value.items:
-            return {k: plain(v) for k, v in value.items.items()}
-        if value.list_items:
-            return [plain(v) for v in value.list_items]
-        return plain(value.state) if value.state is not None else None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, Global):
-        return None
-    return value
+    """Inert objects replaced by plain data: items as a dict, list items as a list, else the state.
+    Shared objects are converted once (a pickle can share them exponentially often), cycles are
+    kept as cycles, and nesting and size are capped."""
+    memo: dict[int, Any] = {}
+    count = 0
+
+    def convert(item: Any, depth: int) -> Any:
+        nonlocal count
+        if isinstance(item, Tensor):
+            return item.detach() if type(item) is not Tensor else item
+        if not isinstance(item, (Inert, Global, dict, list, tuple)):
+            return item
+        if id(item) in memo:
+            return memo[id(item)]
+        count += 1
+        if depth > MAX_DEPTH or count > MAX_NODES:
+            raise CheckpointError(f"pickled objects nested deeper than {MAX_DEPTH} or more than {MAX_NODES}")
+        if isinstance(item, Global):
+            return None
+        if isinstance(item, Inert):
+            memo[id(item)] = None  # a cycle through the object itself reads as None
+            content = item.items or item.list_items or item.state
+            result = convert(content, depth + 1) if content is not None else None
+            memo[id(item)] = result
+            return result
+        if isinstance(item, dict):
+            out: dict[Any, Any] = {}
+            memo[id(item)] = out
+            for key, inner in item.items():
+                out[key] = convert(inner, depth + 1)
+            return out
+        converted: list[Any] = []
+        memo[id(item)] = converted
+        converted.extend(convert(inner, depth + 1) for inner in item)
+        return converted
+
+    return convert(value, 0)

@@ -257,3 +257,86 @@ def test_non_finite_and_negative_variance_are_named() -> None:
 
 def test_large_finite_values_are_not_flagged() -> None:
     check_values({"w": torch.full((1000,), 3e38)})  # the sum overflows; the values are finite
+
+
+class Scripted(torch.nn.Module):
+    """A TorchScript module whose __setstate__ writes a file when the archive is loaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = torch.zeros(1)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.x, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        self.x = state[0]
+        self.training = state[1]
+        torch.ops.aten.save(self.x, "/tmp/reparam-test-pwned")  # = MARKER (TorchScript takes literals)
+
+
+def test_torchscript_archives_are_refused_before_any_code_runs(tmp_path: Path) -> None:
+    MARKER.unlink(missing_ok=True)
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(Scripted()), str(path))
+    for source in (path, path.read_bytes()):
+        with pytest.raises(CheckpointError, match="TorchScript archive"):
+            read_checkpoint(source)
+    assert not MARKER.exists()
+
+
+def shared_dag(levels: int) -> list:
+    node: list = []
+    for _ in range(levels):
+        node = [node, node]  # 2**levels paths through `levels` objects
+    return node
+
+
+def cycle() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [lambda: shared_dag(60), cycle, lambda: {"opt": collections.OrderedDict(a=shared_dag(40))}],
+    ids=["shared-60-levels", "cycle", "shared-in-dict"],
+)
+def test_shared_and_cyclic_objects_are_read_once(tmp_path: Path, extra: object) -> None:
+    path = tmp_path / "shared.pt"
+    torch.save({"state_dict": STATE, "x": extra()}, path)  # type: ignore[operator]
+    assert equal(read_checkpoint(path).state, STATE)
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    deep: list = []
+    for _ in range(300):  # past the 200 levels followed (and within what torch.save can write)
+        deep = [deep]
+    path = tmp_path / "deep.pt"
+    torch.save({"state_dict": STATE, "x": deep}, path)
+    with pytest.raises(CheckpointError, match="nested deeper than"):
+        read_checkpoint(path)
+
+
+def test_broadcast_views_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "view.pt"
+    torch.save({"w": torch.ones(1).expand(10**6, 10**6, 10**3)}, path)
+    with pytest.raises(CheckpointError, match="view larger than its storage"):
+        read_checkpoint(path)
+
+
+def test_torch_bytes_and_parameters_come_back_as_plain_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "params.pt"
+    torch.save({"w": torch.nn.Parameter(torch.ones(3)), "b": torch.zeros(2)}, path)
+    state = read_checkpoint(path.read_bytes()).state
+    assert (
+        type(state["w"]) is torch.Tensor
+        and not state["w"].requires_grad
+        and torch.equal(state["b"], torch.zeros(2))
+    )
