@@ -4,7 +4,7 @@ travel with ``state_dict()`` / ``load_state_dict()``, ``deepcopy`` and re-wrappi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -41,6 +41,14 @@ class MultiplierState:
                     f"a multiplier of shape {tuple(mult.shape)} would grow its parameter {tuple(param.shape)}"
                 )
             self.state[param][KEY] = mult.detach().to(device=param.device, dtype=param.dtype).clone()
+
+    @staticmethod
+    def _evaluate(closure: Callable[[], float] | None) -> float | None:
+        """The loss of ``step(closure)``: the closure runs with gradients enabled, as torch's do."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
 
     def multiplier(self, param: Tensor) -> Tensor | None:
         found: Tensor | None = self.state[param].get(KEY) if param in self.state else None

@@ -51,10 +51,7 @@ class RepOptimizerSGD(MultiplierState, torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         originals: list[tuple[Tensor, Tensor]] = []
         for param in self._params_with_grads():
             mult = self.multiplier(param)

@@ -219,3 +219,20 @@ def test_gradients_are_not_mutated() -> None:
     before = {id(p): p.grad.clone() for p in plain.parameters()}
     optimizer.step()
     assert all(torch.equal(p.grad, before[id(p)]) for p in plain.parameters())
+
+
+@pytest.mark.parametrize("kind", [RepOptimizerSGD, RepOptimizerAdamW])
+def test_step_with_a_closure_returns_its_loss(kind: type) -> None:
+    _, plain = nets()
+    optimizer = kind(plain.parameters(), lr=1e-3)
+    x, y = batches(1)[0]
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(plain.train()(x), y)
+        loss.backward()
+        return loss
+
+    before = plain.head.fc.weight.detach().clone()
+    loss = optimizer.step(closure)
+    assert loss is not None and loss.item() > 0 and not torch.equal(before, plain.head.fc.weight)
