@@ -128,7 +128,7 @@ def convert(
             expected = (
                 reference
                 if isinstance(reference, Reference)
-                else read_reference(reference, arch.in_channels, arch.num_classes)
+                else read_reference(reference, arch.in_channels, arch.num_classes, arch.input_size)
             )
     with timer.stage("build"):
         model = build_train_model(arch, device="meta")

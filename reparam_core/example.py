@@ -9,9 +9,7 @@ The photo (``cat.jpg``) is scikit-image's "Chelsea the cat", CC0 by Stefan van d
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from torch import nn
 
 from .arch import build_train_model
 from .blocks.csla import ChannelScale
+from .deploy.artifacts import write_file_atomically
 
 PHOTO = Path(__file__).resolve().parent / "data" / "cat.jpg"
 SPEC: dict[str, Any] = {
@@ -78,16 +77,7 @@ def write_example(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     paths = {"spec": out / "spec.json", "checkpoint": out / "checkpoint.pth", "photo": out / "cat.jpg"}
     model = randomize_statistics(build_train_model(SPEC), seed)
     state = {"state_dict": model.state_dict(), "epoch": 120}
-    _write_atomically(paths["checkpoint"], lambda tmp: torch.save(state, tmp))
-    _write_atomically(paths["spec"], lambda tmp: tmp.write_text(json.dumps(SPEC, indent=2) + "\n"))
-    _write_atomically(paths["photo"], lambda tmp: shutil.copyfile(PHOTO, tmp))
+    write_file_atomically(paths["checkpoint"], lambda tmp: torch.save(state, tmp))
+    write_file_atomically(paths["spec"], lambda tmp: tmp.write_text(json.dumps(SPEC, indent=2) + "\n"))
+    write_file_atomically(paths["photo"], lambda tmp: shutil.copyfile(PHOTO, tmp))
     return paths
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ SLACK = 10.0
 FP32_FLOOR = 1e-5
 # The floors (about 10x-80x each format's unit roundoff) only matter when the training net is
 # itself unusually accurate in that precision.
+REFERENCE_CHUNK = 8  # reference inputs through the float64 nets at a time (bounded memory)
 FLOORS = {torch.float32: FP32_FLOOR, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -41,6 +42,12 @@ class ServingReport(BaseModel):
     train_same_precision: EquivalenceReport
     compile_seconds: float | None
     warmup_seconds: float
+
+
+def run_in(model: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``model`` run in ``dtype`` on a copy: the float64 net itself is never rounded (casting it
+    down and back would leave float64 checkpoints with float32 weights for every later check)."""
+    return copy.deepcopy(model).to(dtype)(x.to(dtype))
 
 
 @dataclass
@@ -75,8 +82,7 @@ def run_gate(
             if i == 0:
                 first_input, first_reference = x, reference
                 dtype = next(stored.parameters()).dtype
-                stored_train = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
-                model.double()
+                stored_train = measure(reference, run_in(model, x, dtype), shape, dtype, device, None)
                 bound = max(FP32_FLOOR, SLACK * stored_train.max_rel_error)
                 out = stored.to(device)(x.to(dtype))
                 stored_report = measure(reference, out, shape, dtype, device, bound)
@@ -103,8 +109,7 @@ def check_serving(
             baseline = gate.stored_train
         else:
             with torch.inference_mode():
-                baseline = measure(reference, model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
-                model.double()
+                baseline = measure(reference, run_in(model, x, dtype), shape, dtype, device, None)
         served = prepare_for_serving(copy.deepcopy(stored), deploy_spec, options, device, (1, shape[0]))
         output = served.logits(x.float())
     bound = max(FLOORS[dtype], SLACK * baseline.max_rel_error)
@@ -121,18 +126,19 @@ def check_serving(
 def check_reference(
     model: nn.Module, deploy: nn.Module, reference: Reference, device: torch.device, tolerance: float
 ) -> EquivalenceReport:
-    """The float64 fused net on the reference inputs against the user's outputs. ``model`` (the
-    float64 training net) gives the rounding baseline when the outputs are not float64."""
+    """The float64 fused net on the reference inputs (``REFERENCE_CHUNK`` at a time) against the
+    user's outputs. ``model`` (the float64 training net) gives the rounding baseline, on the first
+    chunk, when the outputs are not float64."""
     dtype = reference.dtype
     x = reference.inputs.to(device=device, dtype=torch.float64)
     shape = tuple(x.shape)
     with tf32_disabled(), torch.inference_mode():
-        ours = deploy(x)
+        ours = torch.cat([deploy(chunk) for chunk in x.split(REFERENCE_CHUNK)])
         if dtype == torch.float64:
             bound = tolerance
         else:
-            baseline = measure(model(x), model.to(dtype)(x.to(dtype)), shape, dtype, device, None)
-            model.double()
+            first = x[:REFERENCE_CHUNK]
+            baseline = measure(model(first), run_in(model, first, dtype), first.shape, dtype, device, None)
             bound = max(FLOORS.get(dtype, FP32_FLOOR), SLACK * baseline.max_rel_error)
     report = measure(
         reference.outputs.to(device=device, dtype=torch.float64), ours, shape, dtype, device, bound

@@ -15,7 +15,6 @@ derived from the dtype the outputs were computed in (see :mod:`reparam_core.gate
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +24,11 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .deploy.artifacts import write_file_atomically
 from .errors import SpecError
 
-MAX_SAMPLES = 256
-MAX_ELEMENTS = 64 * 3 * 1024 * 1024  # inputs: about 768 MB in float32 at most
+MAX_SAMPLES = 64
+MAX_SCALE = 2  # reference images at most twice the spec's input size per axis
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,14 @@ class Reference:
 
 
 def read_reference(
-    source: str | Path | bytes | dict[str, Tensor], in_channels: int, classes: int
+    source: str | Path | bytes | dict[str, Tensor],
+    in_channels: int,
+    classes: int,
+    input_size: tuple[int, int],
 ) -> Reference:
-    """A reference file (path, bytes or tensors), checked against the spec; ``SpecError`` otherwise."""
+    """A reference file (path, bytes or tensors), checked against the spec; ``SpecError`` otherwise.
+    At most ``MAX_SAMPLES`` inputs of at most ``MAX_SCALE`` times the spec's ``input_size`` per
+    axis: the gate runs the float64 nets on all of them."""
     if isinstance(source, dict):
         tensors = source
     else:
@@ -67,8 +72,10 @@ def read_reference(
         problems.append("inputs and outputs must be floating point")
     elif not (bool(torch.isfinite(inputs).all()) and bool(torch.isfinite(outputs).all())):
         problems.append("inputs and outputs must be finite")
-    if inputs.shape[:1].numel() and (inputs.shape[0] > MAX_SAMPLES or inputs.numel() > MAX_ELEMENTS):
-        problems.append(f"at most {MAX_SAMPLES} inputs and {MAX_ELEMENTS} input values")
+    limit = (MAX_SCALE * input_size[0], MAX_SCALE * input_size[1])
+    too_large = inputs.ndim == 4 and (inputs.shape[2] > limit[0] or inputs.shape[3] > limit[1])
+    if too_large or (inputs.ndim >= 1 and inputs.shape[0] > MAX_SAMPLES):
+        problems.append(f"at most {MAX_SAMPLES} inputs of at most {limit[0]}x{limit[1]} pixels")
     if problems:
         raise SpecError("reference: " + "; ".join(problems))
     return Reference(inputs, outputs)
@@ -80,11 +87,6 @@ def make_reference(model: nn.Module, inputs: Tensor, out: str | Path) -> Referen
     with torch.no_grad():
         outputs = model(inputs.to(next(model.parameters()).dtype))
     reference = Reference(inputs.contiguous(), outputs.detach().contiguous())
-    path = Path(out)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file({"inputs": reference.inputs, "outputs": reference.outputs}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {"inputs": reference.inputs, "outputs": reference.outputs}
+    write_file_atomically(out, lambda tmp: save_file(tensors, str(tmp)))
     return reference

@@ -17,6 +17,7 @@ from reparam_core.deploy import Preprocess
 from .errors import BadInput
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
+DEFAULTS = Preprocess()  # the spec's preprocessing defaults (ImageNet's)
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 
 
@@ -41,9 +42,8 @@ def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -
         image = image if image.mode == mode else image.convert(mode)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise BadInput("image: cannot decode as PNG or JPEG") from None
-    defaults = Preprocess()
-    resize = int(preprocess.get("resize", defaults.resize))
-    crop = int(preprocess.get("crop", defaults.crop))
+    resize = int(preprocess.get("resize", DEFAULTS.resize))
+    crop = int(preprocess.get("crop", DEFAULTS.crop))
     scale = resize / min(image.width, image.height)
     size = (max(crop, round(image.width * scale)), max(crop, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.BILINEAR)

@@ -80,3 +80,16 @@ def test_cli_reference_command_and_gate(tmp_path: Path, monkeypatch: pytest.Monk
     make_reference(permuted_branch(trained()), INPUTS, tmp_path / "other.safetensors")
     assert main([*convert_args, "--out", "bad", "--reference", "other.safetensors"]) == 1
     assert (tmp_path / "good" / "model.safetensors").exists() and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [(torch.zeros(65, 3, 32, 24), "at most 64 inputs"), (torch.zeros(2, 3, 65, 24), "at most 64x48 pixels")],
+    ids=["too-many", "too-large"],
+)
+def test_reference_sizes_are_bounded_by_the_spec(tmp_path: Path, inputs: torch.Tensor, message: str) -> None:
+    save_file(
+        {"inputs": inputs, "outputs": torch.zeros(inputs.shape[0], 5)}, str(tmp_path / "ref.safetensors")
+    )
+    with pytest.raises(SpecError, match=message):
+        convert(TINY, trained().state_dict(), reference=tmp_path / "ref.safetensors")

@@ -208,7 +208,6 @@ class OREPALargeBlock(ReparamBlock):
         widths = [in_channels] + [out_channels] * ((kernel_size - 1) // 2)
         for i, (cin, cout) in enumerate(itertools.pairwise(widths)):
             self.add_module(f"weight{i}", OREPAGenerator(cin, cout, 3, 1))
-        self.layers = len(widths) - 1
         self.bn = nn.BatchNorm2d(out_channels)
 
     @classmethod
@@ -217,7 +216,7 @@ class OREPALargeBlock(ReparamBlock):
 
     def weight_gen(self) -> Tensor:
         kernel = cast(Tensor, self.get_submodule("weight0")()).transpose(0, 1)
-        for i in range(1, self.layers):
+        for i in range(1, (self.kernel_size - 1) // 2):
             kernel = F.conv2d(kernel, self.get_submodule(f"weight{i}")(), padding=2)
         return kernel.transpose(0, 1)
 

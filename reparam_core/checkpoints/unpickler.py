@@ -252,7 +252,7 @@ class Loading:
         size = 1 if storage_type is torch.UntypedStorage else getattr(storage_type, "dtype", None)
         if size is None or isinstance(storage_type, Global):
             raise CheckpointError(f"storage of an unknown type {storage_type!r}")
-        element = size if isinstance(size, int) else torch.empty(0, dtype=size).element_size()
+        element = size if isinstance(size, int) else size.itemsize
         if numel * element > self.max_bytes:
             raise CheckpointError(
                 f"a tensor storage of {numel * element} bytes in a {self.max_bytes}-byte file"

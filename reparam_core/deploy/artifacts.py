@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,18 @@ def write_artifacts(
         if export:
             export_program(model, (2, *spec.sample_shape()), staging / PROGRAM)
         return finish_with_report(staging, report)
+
+
+def write_file_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary sibling of ``path``, then rename it into place: a failure
+    leaves ``path`` as it was and no temporary file behind."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -101,8 +101,10 @@ def _single_update(opt: RepOptimizerAdamW, group: dict[str, Any], params: list[T
 
 
 def _foreach_update(opt: RepOptimizerAdamW, group: dict[str, Any], params: list[Tensor]) -> None:
-    # One step count per group, as torch's foreach path assumes (parameters join a group together).
-    beta1, beta2, step_size, bc2_sqrt, decay = _hyper(group, float(opt.state[params[0]]["step"]))
+    """The same update with torch's multi-tensor ops (bias corrections per parameter: a parameter
+    without a gradient at some step has taken fewer steps than the others)."""
+    hyper = [_hyper(group, float(opt.state[p]["step"])) for p in params]
+    beta1, beta2, _, _, decay = hyper[0]
     grads = [_grad(p, group["maximize"]) for p in params]
     avgs = [opt.state[p]["exp_avg"] for p in params]
     squares = [opt.state[p]["exp_avg_sq"] for p in params]
@@ -111,11 +113,12 @@ def _foreach_update(opt: RepOptimizerAdamW, group: dict[str, Any], params: list[
     torch._foreach_mul_(squares, beta2)
     torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
     denoms = torch._foreach_sqrt(squares)
-    torch._foreach_div_(denoms, bc2_sqrt)
+    torch._foreach_div_(denoms, [h[3] for h in hyper])
     torch._foreach_add_(denoms, group["eps"])
     updates = list(torch._foreach_div(avgs, denoms))
     for i, param in enumerate(params):
         mult = opt.multiplier(param)
         if mult is not None:
             updates[i] = updates[i] * mult
-    torch._foreach_add_(params, updates, alpha=-step_size)
+    torch._foreach_mul_(updates, [-h[2] for h in hyper])
+    torch._foreach_add_(params, updates)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..blocks import ConvBNBlock, LinearAddBlock
 from ..checkpoints import identify_format, read_checkpoint
+from ..deploy.artifacts import write_file_atomically
 from ..errors import SpecError
 from ..fusion.transforms import add_centred_, add_identity_, scale
 
@@ -56,19 +57,12 @@ def save_scales(scales: Scales, path: str | Path) -> None:
         for block, kinds in scales.items()
         for kind, v in kinds.items()
     }
-    save_file(flat, str(path))
+    write_file_atomically(path, lambda tmp: save_file(flat, str(tmp)))
 
 
 def scales_of(model: nn.Module) -> Scales:
     """The scales held by the CSLA blocks of ``model`` (a CSLA or hyper-search net)."""
-    scales: Scales = {}
-    for name, block in model.named_modules():
-        if isinstance(block, LinearAddBlock):
-            found = {"conv": block.scale_conv.weight, "1x1": block.scale_1x1.weight}
-            if block.scale_identity is not None:
-                found["identity"] = block.scale_identity.weight
-            scales[name] = {k: v.detach().double() for k, v in found.items()}
-    return scales
+    return extract_scales(model.state_dict())
 
 
 def _plain_blocks(model: nn.Module, scales: Scales) -> dict[str, ConvBNBlock]:

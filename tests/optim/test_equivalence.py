@@ -236,3 +236,20 @@ def test_step_with_a_closure_returns_its_loss(kind: type) -> None:
     before = plain.head.fc.weight.detach().clone()
     loss = optimizer.step(closure)
     assert loss is not None and loss.item() > 0 and not torch.equal(before, plain.head.fc.weight)
+
+
+def test_adamw_foreach_equals_single_tensor_when_parameters_skip_steps() -> None:
+    """A parameter without a gradient at some steps has its own step count (bias correction)."""
+    results = []
+    for foreach in (False, True):
+        _, plain = nets()
+        optimizer = RepOptimizerAdamW(plain.parameters(), lr=1e-3, foreach=foreach)
+        for i, (x, y) in enumerate(batches(6)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(plain.train()(x), y).backward()
+            if i < 3:
+                plain.head.fc.weight.grad = None  # the head skips the first three steps
+            optimizer.step()
+        results.append(plain.state_dict())
+    single, multi = results
+    assert all(torch.allclose(single[k], multi[k], rtol=1e-12, atol=1e-15) for k in single)
