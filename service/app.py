@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,14 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __doc__ as service_doc
+from .auth import TokenGate
 from .backends import in_process_backend, select_backend
 from .config import Settings, get_settings
 from .errors import install_handlers
 from .jobs import Conversions
-from .limits import BodySizeLimit
+from .limits import BodyLimits, Pace
 from .metrics import CountRequests, Metrics
 from .routes import convert, health, models, predict
-from .store import MetadataStore, VersionCache, artifact_store_from_settings
+from .store import ArtifactStore, MetadataStore, VersionCache, artifact_store_from_settings
 
 log = logging.getLogger("reparam.service")
 
@@ -28,6 +30,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metadata = MetadataStore(settings.resolved_database_url)
     app.state.artifacts = artifact_store_from_settings(settings)
     app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
+    await asyncio.to_thread(_clean_up_after_a_stop, app.state.metadata, app.state.artifacts)
     backend = select_backend(settings)
     try:
         await backend.start()
@@ -52,6 +55,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.stop()
 
 
+def _clean_up_after_a_stop(metadata: MetadataStore, artifacts: ArtifactStore) -> None:
+    """What a killed process left: jobs that will never finish, uploads and staging folders."""
+    failed = metadata.fail_unfinished_jobs(
+        "interrupted: the service stopped during this conversion; post it again"
+    )
+    removed = artifacts.clean_staging()
+    if failed or removed:
+        log.warning(
+            "after an unclean stop: %d unfinished jobs marked failed, %d staging leftovers removed",
+            failed,
+            removed,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="reparam",
@@ -67,8 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     s = app.state.settings
     app.add_middleware(
-        BodySizeLimit,
+        BodyLimits,
         limit_for=lambda path: s.max_upload_bytes if path == "/convert" else s.max_predict_bytes,
+        pace=Pace(s.body_idle_timeout_s, s.body_min_bytes_per_s, s.body_grace_s),
     )
+    app.add_middleware(TokenGate, settings=s)  # outside the size cap: strangers are refused unread
     app.add_middleware(CountRequests, metrics=app.state.metrics)
     return app

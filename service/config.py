@@ -20,13 +20,34 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="database, artifacts and model store")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
     artifacts_dir: Path | None = Field(default=None, description="default data_dir/artifacts")
-    api_token: str | None = Field(default=None, description="Bearer token required on mutating endpoints")
+    api_token: str | None = Field(
+        default=None, description="Bearer token required on mutating endpoints, downloads and jobs"
+    )
+    public_downloads: bool = Field(
+        default=False, description="with a token set: artifact downloads and job details readable by anyone"
+    )
     max_upload_bytes: int = Field(default=2 << 30, description="largest POST /convert body")
     max_predict_bytes: int = Field(default=16 << 20, description="largest /predict body")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection's request headers must be complete within this"
+    )
+    body_idle_timeout_s: float = Field(default=15.0, gt=0, description="a request body may stall this long")
+    body_min_bytes_per_s: float = Field(
+        default=16384, ge=0, description="slowest average body pace accepted once body_grace_s have passed"
+    )
+    body_grace_s: float = Field(default=10.0, ge=0, description="time before body_min_bytes_per_s applies")
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="where conversions and in-process inference run"
     )
-    default_tolerance: float = Field(default=1e-9, description="fp64 gate tolerance when a request sets none")
+    default_tolerance: float = Field(
+        default=1e-9, gt=0, le=1e-3, description="fp64 gate tolerance when a request sets none"
+    )
+    max_conversion_gmacs: float = Field(
+        default=50.0, gt=0, description="largest deploy net converted, in GMACs at the spec's input_size"
+    )
+    max_conversion_params: int = Field(
+        default=300_000_000, gt=0, description="largest deploy net converted, in parameters"
+    )
     conversion_workers: int = Field(default=1, ge=1, description="conversions run at the same time")
     export_program: bool = Field(default=True, description="write model.pt2 (torch.export) per version")
 

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's shared objects, typed, and the token check.
+"""FastAPI dependencies: the app's shared objects, typed (the token is checked by ``auth.TokenGate``).
 
 All ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per
 dependency per request for what is an attribute lookup.
@@ -6,10 +6,9 @@ dependency per request for what is an attribute lookup.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Request
 
 from .backends.base import InferenceBackend
 from .config import Settings
@@ -53,16 +52,3 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-
-
-async def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Mutating endpoints need ``Authorization: Bearer <REPARAM_API_TOKEN>`` when a token is configured."""
-    expected = settings.api_token
-    if not expected:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), expected.encode()):
-        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-
-TokenDep = Depends(require_token)

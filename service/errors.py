@@ -2,11 +2,12 @@
 
     ServiceError
     ├── NotFound             unknown model, version, job or artifact          404
+    ├── Conflict             another architecture under an existing model name 409
     ├── UnsupportedMedia     a body type /predict does not take               415
     ├── BadInput             undecodable image, wrong tensor shape, ...       422
     └── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
 Library errors: SpecError 422, CheckpointError 400, EquivalenceError 422 (with the report),
-other ReparamError 400. Bodies past the size caps get 413 from ``limits.BodySizeLimit``. Nothing
+other ReparamError 400. Bodies past the size caps get 413, too slow 408 (``limits.BodyLimits``). Nothing
 escapes as a 500 with a traceback.
 """
 
@@ -19,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from reparam_core import CheckpointError, EquivalenceError, ReparamError, SpecError
+from reparam_core import EquivalenceError, ReparamError, SpecError
 
 log = logging.getLogger("reparam.service")
 
@@ -37,6 +38,10 @@ class NotFound(ServiceError):
     status = 404
 
 
+class Conflict(ServiceError):
+    status = 409
+
+
 class UnsupportedMedia(ServiceError):
     status = 415
 
@@ -48,6 +53,15 @@ class BadInput(ServiceError):
 class BackendUnavailable(ServiceError):
     status = 503
     retry_after_s = 5
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status of a domain error (500 for anything else: a bug)."""
+    if isinstance(exc, ServiceError):
+        return exc.status
+    if isinstance(exc, EquivalenceError | SpecError):
+        return 422
+    return 400 if isinstance(exc, ReparamError) else 500
 
 
 def _json(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -67,8 +81,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ReparamError)
     async def bad_input(_: Request, exc: ReparamError) -> JSONResponse:
-        status = 400 if isinstance(exc, CheckpointError) else 422 if isinstance(exc, SpecError) else 400
-        return _json(status, str(exc))
+        return _json(status_for(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,6 +9,8 @@ come from here.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,16 @@ from ..deploy.spec import PaddingMode
 from ..errors import SpecError, describe_validation_error
 from ..layers import ACTIVATIONS
 from . import mobileone, vgg  # noqa: F401  (registers the families)
+from .bounds import (
+    MAX_BN_EPS,
+    MAX_BRANCHES,
+    MAX_CLASSES,
+    MAX_IN_CHANNELS,
+    MAX_INPUT_SIDE,
+    MAX_SPEC_CHARS,
+    MAX_SPEC_NESTING,
+    MAX_STAGES,
+)
 from .layout import FAMILIES, Family
 from .stages import StageSpec, StemSpec
 
@@ -35,14 +47,16 @@ class ArchSpec(BaseModel):
     variant: str | None = None
     block: str | None = None
     stem: StemSpec | None = None
-    stages: list[StageSpec] | None = None
-    num_classes: int = Field(default=1000, gt=0)
-    in_channels: int = Field(default=3, gt=0)
+    stages: list[StageSpec] | None = Field(default=None, max_length=MAX_STAGES)
+    num_classes: int = Field(default=1000, gt=0, le=MAX_CLASSES)
+    in_channels: int = Field(default=3, gt=0, le=MAX_IN_CHANNELS)
     input_size: tuple[int, int] = (224, 224)
     activation: str = "relu"
     padding_mode: PaddingMode = "zeros"
-    bn_eps: float = Field(default=1e-5, gt=0)
-    num_branches: int | None = Field(default=None, gt=0, description="MobileOne kxk branches")
+    bn_eps: float = Field(default=1e-5, gt=0, le=MAX_BN_EPS)
+    num_branches: int | None = Field(
+        default=None, gt=0, le=MAX_BRANCHES, description="MobileOne kxk branches"
+    )
     block_options: dict[str, Any] = Field(default_factory=dict)
     preprocess: Preprocess = Field(default_factory=Preprocess)
     labels: list[str] | None = None
@@ -77,9 +91,23 @@ class ArchSpec(BaseModel):
             )
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for num_classes={self.num_classes}")
-        if min(self.input_size) < 1:
-            raise ValueError(f"input_size {self.input_size} must be positive")
+        smallest = self.total_stride
+        if not smallest <= min(self.input_size) or max(self.input_size) > MAX_INPUT_SIDE:
+            raise ValueError(
+                f"input_size {list(self.input_size)}: each side must be between {smallest} (the net "
+                f"downsamples {smallest}x: a smaller input has no pixels left at the last stage) and "
+                f"{MAX_INPUT_SIDE}"
+            )
         return self
+
+    @property
+    def total_stride(self) -> int:
+        """How much the net downsamples: the stem's stride times every stage's."""
+        stem, stages = (
+            self.family_info.expand(self.variant) if self.variant is not None else (self.stem, self.stages)
+        )
+        assert stem is not None and stages is not None  # guaranteed by _check
+        return stem.stride * math.prod(stage.stride for stage in stages)
 
     @property
     def family_info(self) -> Family:
@@ -108,10 +136,7 @@ def parse_spec(source: ArchSpec | dict[str, Any] | str | Path) -> ArchSpec:
         except OSError as exc:
             raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
     if isinstance(data, str):
-        try:
-            data = yaml.safe_load(data)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            raise SpecError(f"spec is neither valid JSON nor YAML: {exc}") from None
+        data = _parse_text(data)
     if not isinstance(data, dict):
         raise SpecError(f"spec must be a mapping, got {type(data).__name__}")
     try:
@@ -126,3 +151,48 @@ def _looks_like_path(text: str) -> bool:
         and not text.lstrip().startswith(("{", "["))
         and text.endswith((".json", ".yaml", ".yml"))
     )
+
+
+def _parse_text(text: str) -> Any:
+    """JSON, else YAML without aliases; bounded in length and nesting (a few kB of YAML aliases
+    can expand to gigabytes, and deep nesting exhausts the parsers' recursion)."""
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(f"spec of {len(text)} characters; at most {MAX_SPEC_CHARS}")
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise SpecError(f"spec nested deeper than {MAX_SPEC_NESTING} levels") from None
+    except ValueError:
+        try:
+            data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader without aliases
+        except yaml.YAMLError as exc:
+            raise SpecError(f"spec is neither valid JSON nor YAML: {exc}") from None
+    if _nesting(data) > MAX_SPEC_NESTING:
+        raise SpecError(f"spec nested deeper than {MAX_SPEC_NESTING} levels")
+    return data
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing aliases and nesting beyond ``MAX_SPEC_NESTING``."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a spec", mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_SPEC_NESTING:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "nested too deeply", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _nesting(data: Any, level: int = 0) -> int:
+    if level > MAX_SPEC_NESTING or not isinstance(data, dict | list):
+        return level
+    children = data.values() if isinstance(data, dict) else data
+    return max((_nesting(child, level + 1) for child in children), default=level + 1)

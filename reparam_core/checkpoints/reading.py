@@ -147,7 +147,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
 
 def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
     zipped = zipfile.is_zipfile(source)
-    _refuse_code_archives(source, zipped, name)
+    _check_archive(source, zipped, name)
     size = source.stat().st_size if isinstance(source, Path) else len(source.getbuffer())
     record = Loading(max_bytes=size)
     module = safe_pickle_module(record)
@@ -173,15 +173,24 @@ def _torch_load(source: Path | io.BytesIO, name: str) -> tuple[Any, list[str]]:
     return obj, notes
 
 
-def _refuse_code_archives(source: Path | io.BytesIO, zipped: bool, name: str) -> None:
-    """TorchScript archives (``torch.jit.save``) carry code that ``torch.load`` would hand to
-    ``torch.jit.load`` and run; the pre-1.0 tar format extracts files. Neither is read."""
+def _check_archive(source: Path | io.BytesIO, zipped: bool, name: str) -> None:
+    """Refuse before reading: TorchScript archives (``torch.jit.save``) carry code that
+    ``torch.load`` would hand to ``torch.jit.load`` and run; the pre-1.0 tar format extracts
+    files; a zip whose entries expand past the file's own size is a decompression bomb
+    (``torch.save`` stores entries uncompressed, and torch allocates each entry's declared size)."""
     if zipped:
         with zipfile.ZipFile(source) as archive:
-            names = archive.namelist()
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            entries = archive.infolist()
+        if any(e.filename.endswith("/constants.pkl") or "/code/" in e.filename for e in entries):
             raise CheckpointError(
                 f"{name}: a TorchScript archive (it carries code, which is never run here); {RESAVE_HINT}"
+            )
+        size = source.stat().st_size if isinstance(source, Path) else len(source.getbuffer())
+        expanded = sum(e.file_size for e in entries)
+        if expanded > size:
+            raise CheckpointError(
+                f"{name}: a compressed archive that expands to {expanded} bytes from {size} "
+                f"(torch.save never compresses; refused unread); {RESAVE_HINT}"
             )
     elif _is_tar(source):
         raise CheckpointError(

@@ -21,6 +21,7 @@ from reparam_core import ArchSpec, EquivalenceError, ReparamError, ServingOption
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
+from ..errors import Conflict, ServiceError, status_for
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
 
@@ -48,6 +49,7 @@ class ConversionRequest:
     serving: ServingOptions
     weights: Weights = "auto"
     reference: Upload | None = None
+    new_architecture: bool = False
 
     def digest(self) -> str:
         """What makes two conversions of the same checkpoint the same: spec, weights, reference."""
@@ -61,6 +63,16 @@ class ConversionRequest:
             separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _discard(upload: Upload) -> None:
+    """Remove an upload's folder (the route makes one per request: checkpoint and reference)."""
+    shutil.rmtree(upload.path.parent, ignore_errors=True)
+
+
+def architecture(spec: dict[str, Any]) -> dict[str, Any]:
+    """What of a stored spec is the net itself: not its labels, preprocessing or gate input size."""
+    return {k: v for k, v in spec.items() if k not in ("labels", "preprocess", "input_size")}
 
 
 @dataclass(frozen=True)
@@ -85,12 +97,34 @@ class Conversions:
             max_workers=settings.conversion_workers, thread_name_prefix="convert"
         )
         self.tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[tuple[str, str, str, str], asyncio.Future[ConversionOutcome]] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, request: ConversionRequest) -> ConversionOutcome:
-        """Convert (or reuse an identical earlier conversion), store, register; raises on bad input."""
+        """Convert (or reuse an identical earlier conversion), store, register; raises on bad input.
+        The request's upload folder is handed over: it is removed once the conversion is done.
+
+        Identical requests in flight at once share one conversion (the database would also refuse a
+        second identical version, across replicas)."""
+        key = (request.name, request.upload.sha256, request.digest(), request.serving.model_dump_json())
+        running = self._in_flight.get(key)
+        if running is not None:  # joined: the version is the one that request creates
+            await asyncio.to_thread(_discard, request.upload)
+            return ConversionOutcome((await asyncio.shield(running)).record, created=False)
+        running = asyncio.ensure_future(self._run_and_discard(request))
+        self._in_flight[key] = running
+        running.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _run_and_discard(self, request: ConversionRequest) -> ConversionOutcome:
+        try:
+            return await self._run(request)
+        finally:
+            await asyncio.to_thread(_discard, request.upload)
+
+    async def _run(self, request: ConversionRequest) -> ConversionOutcome:
         name, upload = request.name, request.upload
         spec_sha = request.digest()
         serving = request.serving.model_dump(mode="json")
@@ -99,6 +133,7 @@ class Conversions:
         )
         if existing is not None:
             return ConversionOutcome(existing, created=False)
+        await self._check_architecture(request)
         loop = asyncio.get_running_loop()
         try:
             digest, report, timings = await loop.run_in_executor(
@@ -110,7 +145,7 @@ class Conversions:
         except ReparamError:
             self.metrics.conversions.labels("bad_input").inc()
             raise
-        record = await asyncio.to_thread(
+        record, created = await asyncio.to_thread(
             self.metadata.add_version,
             name,
             digest,
@@ -121,6 +156,8 @@ class Conversions:
             timings,
             serving,
         )
+        if not created:  # another replica stored the same conversion meanwhile
+            return ConversionOutcome(record, created=False)
         try:
             await self.backend.register(
                 name, record.version, self.artifacts.local_path(digest), request.serving
@@ -133,6 +170,24 @@ class Conversions:
         self.metrics.conversions.labels("stored").inc()
         self.metrics.models_registered.inc()
         return ConversionOutcome(record, created=True)
+
+    async def _check_architecture(self, request: ConversionRequest) -> None:
+        """A model name holds one architecture: another one under it is refused (409) unless the
+        request says it is meant (``new_architecture``)."""
+        if request.new_architecture:
+            return
+        latest = await asyncio.to_thread(self.metadata.get_version, request.name)
+        if latest is None:
+            return
+        before, now = architecture(latest.spec), architecture(request.spec.model_dump(mode="json"))
+        if before != now:
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            arch = latest.report.get("arch", "different net")
+            raise Conflict(
+                f"model {request.name!r} v{latest.version} is a {arch}; "
+                f"this spec differs in {', '.join(changed)}. Use another name, or send "
+                "new_architecture=true to make it the next version anyway"
+            )
 
     def _convert_and_store(self, request: ConversionRequest) -> tuple[str, dict, dict]:
         result = convert(
@@ -187,13 +242,11 @@ class Conversions:
             except EquivalenceError as exc:
                 report = exc.report.model_dump(mode="json") if exc.report is not None else None
                 await record("failed", {"status": 422, "detail": str(exc), "report": report})
-            except ReparamError as exc:
-                await record("failed", {"status": 400, "detail": str(exc)})
+            except (ReparamError, ServiceError) as exc:
+                await record("failed", {"status": status_for(exc), "detail": str(exc)})
             except Exception as exc:  # recorded for the poller; the service keeps running
                 log.exception("conversion job %s failed", job.id)
-                await record("failed", {"status": 500, "detail": f"{type(exc).__name__}: {exc}"})
-            finally:
-                shutil.rmtree(request.upload.path.parent, ignore_errors=True)
+                await record("failed", {"status": 500, "detail": f"internal error ({type(exc).__name__})"})
 
         task = asyncio.get_running_loop().create_task(work())
         self.tasks.add(task)

@@ -14,15 +14,33 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from reparam_core import Weights, parse_serving, parse_spec
+from reparam_core import ArchSpec, SpecError, Weights, parse_serving, parse_spec
+from reparam_core.arch.bounds import estimate_cost
 
-from ..deps import ConversionsDep, MetadataDep, SettingsDep, TokenDep
+from ..auth import BEARER
+from ..config import Settings
+from ..deps import ConversionsDep, MetadataDep, SettingsDep
 from ..errors import BadInput, NotFound
 from ..jobs import ConversionOutcome, ConversionRequest, Upload
 from ..store import VersionRecord
 
 router = APIRouter(tags=["convert"])
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+MAX_TOLERANCE = 1e-3  # looser than this proves nothing about a float64 fusion
+
+
+def _affordable_spec(text: str, settings: Settings) -> ArchSpec:
+    """The spec, parsed off the event loop, refused when its deploy net costs more than this
+    service converts (``REPARAM_MAX_CONVERSION_GMACS`` / ``REPARAM_MAX_CONVERSION_PARAMS``)."""
+    arch = parse_spec(text)
+    cost = estimate_cost(arch)
+    if cost.macs > settings.max_conversion_gmacs * 1e9 or cost.params > settings.max_conversion_params:
+        raise SpecError(
+            f"spec {arch.name}: {cost.params / 1e6:.1f} M parameters and {cost.macs / 1e9:.1f} GMACs at "
+            f"input_size {list(arch.input_size)}; this service converts at most "
+            f"{settings.max_conversion_params / 1e6:.0f} M and {settings.max_conversion_gmacs:g} GMACs"
+        )
+    return arch
 
 
 class ConversionResponse(BaseModel):
@@ -96,7 +114,7 @@ def _save(source: IO[bytes], folder: Path, filename: str, stored_as: str = "chec
 @router.post(
     "/convert",
     status_code=201,
-    dependencies=[TokenDep],
+    dependencies=[BEARER],
     response_model=ConversionResponse,
     summary="Convert a training checkpoint, prove equivalence, store and register the deploy model",
     responses={
@@ -118,7 +136,10 @@ async def convert_checkpoint(
     name: Annotated[str, Form(description="model name: letters, digits, '_' and '-'")],
     conversions: ConversionsDep,
     settings: SettingsDep,
-    tolerance: Annotated[float | None, Form(gt=0, description="max fp64 relative error")] = None,
+    tolerance: Annotated[
+        float | None,
+        Form(gt=0, le=MAX_TOLERANCE, allow_inf_nan=False, description="max fp64 relative error"),
+    ] = None,
     serving: Annotated[
         str | None,
         Form(
@@ -138,11 +159,15 @@ async def convert_checkpoint(
             "[N,classes]: the deploy net is held to them too"
         ),
     ] = None,
+    new_architecture: Annotated[
+        bool,
+        Form(description="true: accept a net that differs from the model's latest version (else 409)"),
+    ] = False,
     wait: Annotated[bool, Query(description="false: answer 202 at once with a job URL")] = True,
 ) -> Any:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise BadInput(f"name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter")
-    arch = parse_spec(spec)
+    arch = await asyncio.to_thread(_affordable_spec, spec, settings)
     options = parse_serving(serving)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.resolved_artifacts_dir / "tmp"))
     try:
@@ -156,22 +181,30 @@ async def convert_checkpoint(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     request = ConversionRequest(
-        name, arch, upload, tolerance or settings.default_tolerance, options, weights, expected
+        name,
+        arch,
+        upload,
+        tolerance or settings.default_tolerance,
+        options,
+        weights,
+        expected,
+        new_architecture,
     )
-    if not wait:
+    if not wait:  # the job owns the upload folder from here on, as does `run` below
         job = await conversions.start_job(request)
         return JSONResponse(
             {"job": job, "status_url": f"/jobs/{job}"}, status_code=202, headers={"Location": f"/jobs/{job}"}
         )
-    try:
-        outcome: ConversionOutcome = await conversions.run(request)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    outcome: ConversionOutcome = await conversions.run(request)
     body = _response(outcome.record, outcome.created)
     return JSONResponse(body.model_dump(), status_code=201 if outcome.created else 200)
 
 
-@router.get("/jobs/{job_id}", summary="Status of an asynchronous conversion")
+@router.get(
+    "/jobs/{job_id}",
+    dependencies=[BEARER],
+    summary="Status of an asynchronous conversion (with the token, unless REPARAM_PUBLIC_DOWNLOADS)",
+)
 async def get_job(job_id: str, metadata: MetadataDep) -> dict[str, Any]:
     job = await asyncio.to_thread(metadata.get_job, job_id)
     if job is None:

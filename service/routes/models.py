@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
-from ..deps import ArtifactsDep, ConversionsDep, MetadataDep, TokenDep
+from ..auth import BEARER
+from ..deps import ArtifactsDep, ConversionsDep, MetadataDep
 from ..errors import NotFound
 from ..store import VersionRecord
 from ..store.artifacts import FILES
@@ -63,7 +64,11 @@ async def get_version(name: str, version: int, metadata: MetadataDep) -> dict[st
     return describe(await _version(metadata, name, version))
 
 
-@router.get("/{name}/versions/{version}/artifacts/{filename}", summary="Download an artifact")
+@router.get(
+    "/{name}/versions/{version}/artifacts/{filename}",
+    dependencies=[BEARER],
+    summary="Download an artifact (with the token, unless REPARAM_PUBLIC_DOWNLOADS)",
+)
 async def download(
     name: str, version: int, filename: str, metadata: MetadataDep, artifacts: ArtifactsDep
 ) -> FileResponse:
@@ -79,7 +84,7 @@ async def download(
 @router.delete(
     "/{name}/versions/{version}",
     status_code=204,
-    dependencies=[TokenDep],
+    dependencies=[BEARER],
     summary="Unregister and delete a version (artifacts go when no version uses them)",
 )
 async def delete_version(name: str, version: int, conversions: ConversionsDep) -> Response:

@@ -6,6 +6,7 @@ Identical conversions share one folder. S3-compatible storage would implement th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ class ArtifactStore(Protocol):
     def put(self, result: ConversionResult, export: bool) -> str: ...
     def local_path(self, digest: str) -> Path: ...
     def delete(self, digest: str) -> None: ...
+    def clean_staging(self) -> int: ...
 
 
 class LocalArtifactStore:
@@ -57,7 +59,17 @@ class LocalArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
 
     def delete(self, digest: str) -> None:
-        shutil.rmtree(self.local_path(digest), ignore_errors=True)
+        folder = self.local_path(digest)
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the sha256/<d[:2]> folder, once no digest is left in it
+            folder.parent.rmdir()
+
+    def clean_staging(self) -> int:
+        """Remove uploads and half-written artifacts a stopped process left in ``tmp/``."""
+        leftovers = list((self.root / "tmp").iterdir())
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return len(leftovers)
 
 
 def artifact_store_from_settings(settings: Settings) -> ArtifactStore:

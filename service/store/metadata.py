@@ -1,14 +1,18 @@
 """Model versions and conversion jobs in a SQL database (SQLite file by default, PostgreSQL by URL).
 
-Versions are immutable once written. The same checkpoint + spec + serving options posted again
-under the same name resolves to the existing version (``find_duplicate``). Columns added after a
-database was created are added to it at start-up (``_add_missing_columns``); rows written before
-the ``serving`` column existed read as served with the default options.
+Versions are immutable: a number, once given, names one conversion forever. ``models`` keeps each
+name's last number, so deleting v2 never lets another conversion become v2. The same checkpoint +
+spec + serving options under one name is one version, enforced by a unique index: a concurrent
+identical insert finds the row that won (``add_version`` answers ``created=False``). Columns and
+indexes added after a database was created are added to it at start-up (``_upgrade``); rows
+written before the ``serving`` column existed read as served with the default options.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,18 +22,22 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    CursorResult,
     DateTime,
     Engine,
+    Index,
     Integer,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
     func,
     inspect,
     select,
     text,
+    update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from reparam_core.deploy import ServingOptions
@@ -43,9 +51,29 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Model(_Base):
+    """A model name and the last version number it ever gave (deleted versions included)."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class _Version(_Base):
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        Index(
+            "one_version_per_conversion",
+            "name",
+            "checkpoint_sha256",
+            "spec_sha256",
+            "serving_sha256",
+            unique=True,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), index=True)
@@ -57,7 +85,15 @@ class _Version(_Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON)
     serving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    serving_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+_VERSIONS: Table = _Version.__table__  # type: ignore[assignment]
+
+
+def serving_digest(serving: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(serving, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class _Job(_Base):
@@ -112,18 +148,29 @@ def _record(row: _Version) -> VersionRecord:
         report=row.report,
         timings=row.timings,
         serving=row.serving if row.serving is not None else ServingOptions().model_dump(mode="json"),
-        created_at=row.created_at,
+        created_at=row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.UTC),
     )
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Add nullable columns this version of the schema has and an older database lacks."""
+def _upgrade(engine: Engine) -> None:
+    """Bring a database created by an earlier release to this schema: add nullable columns, fill
+    ``serving_sha256`` (the first of any duplicates an old race created keeps it), add the index."""
     present = {c["name"] for c in inspect(engine).get_columns(_Version.__tablename__)}
-    missing = [c for c in _Version.__table__.columns if c.name not in present and c.nullable]
+    missing = [c for c in _VERSIONS.columns if c.name not in present and c.nullable]
     with engine.begin() as conn:
         for column in missing:
             kind = column.type.compile(dialect=engine.dialect)
             conn.execute(text(f"ALTER TABLE {_Version.__tablename__} ADD COLUMN {column.name} {kind}"))
+    with Session(engine) as s, s.begin():
+        seen: set[tuple[str, str, str, str]] = set()
+        for row in s.scalars(select(_Version).order_by(_Version.version)):
+            if row.serving_sha256 is None:
+                digest = serving_digest(row.serving or ServingOptions().model_dump(mode="json"))
+                key = (row.name, row.checkpoint_sha256, row.spec_sha256, digest)
+                row.serving_sha256 = None if key in seen else digest
+            seen.add((row.name, row.checkpoint_sha256, row.spec_sha256, row.serving_sha256 or ""))
+    for index in _VERSIONS.indexes:
+        index.create(engine, checkfirst=True)
 
 
 class MetadataStore:
@@ -132,7 +179,7 @@ class MetadataStore:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=True)
         _Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        _upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -155,15 +202,16 @@ class MetadataStore:
         report: dict[str, Any],
         timings: dict[str, Any],
         serving: dict[str, Any],
-    ) -> VersionRecord:
-        """Insert the next version of ``name`` (retrying if another writer took the number)."""
-        for _ in range(5):
+    ) -> tuple[VersionRecord, bool]:
+        """Insert the next version of ``name``: ``(record, True)``; or, when the same conversion
+        is already stored (a concurrent identical request won), ``(that record, False)``."""
+        for _ in range(20):
             try:
                 with self._session() as s:
-                    latest = s.scalar(select(func.max(_Version.version)).where(_Version.name == name)) or 0
+                    number = self._next_number(s, name)
                     row = _Version(
                         name=name,
-                        version=latest + 1,
+                        version=number,
                         digest=digest,
                         checkpoint_sha256=checkpoint_sha256,
                         spec_sha256=spec_sha256,
@@ -171,29 +219,44 @@ class MetadataStore:
                         report=report,
                         timings=timings,
                         serving=serving,
+                        serving_sha256=serving_digest(serving),
                     )
                     s.add(row)
                     s.flush()
-                    return _record(row)
-            except IntegrityError:
-                continue
+                    return _record(row), True
+            except (IntegrityError, OperationalError):  # a concurrent writer; see who won, else retry
+                existing = self.find_duplicate(name, checkpoint_sha256, spec_sha256, serving)
+                if existing is not None:
+                    return existing, False
         raise RuntimeError(f"could not allocate a version number for {name!r}")
+
+    @staticmethod
+    def _next_number(s: Session, name: str) -> int:
+        """Take the next number of ``name`` in this transaction (the UPDATE locks the row first)."""
+        bumped: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            update(_Model).where(_Model.name == name).values(last_version=_Model.last_version + 1)
+        )
+        if bumped.rowcount == 0:  # first version of this name (or a database from before `models`)
+            latest = s.scalar(select(func.max(_Version.version)).where(_Version.name == name)) or 0
+            s.add(_Model(name=name, last_version=latest + 1))
+            s.flush()
+        number = s.scalar(select(_Model.last_version).where(_Model.name == name))
+        assert number is not None
+        return number
 
     def find_duplicate(
         self, name: str, checkpoint_sha256: str, spec_sha256: str, serving: dict[str, Any]
     ) -> VersionRecord | None:
         with self._session() as s:
-            rows = s.scalars(
-                select(_Version)
-                .where(
+            row = s.scalars(
+                select(_Version).where(
                     _Version.name == name,
                     _Version.checkpoint_sha256 == checkpoint_sha256,
                     _Version.spec_sha256 == spec_sha256,
+                    _Version.serving_sha256 == serving_digest(serving),
                 )
-                .order_by(_Version.version.desc())
-            )
-            records = (_record(row) for row in rows)
-            return next((r for r in records if r.serving == serving), None)
+            ).first()
+            return _record(row) if row else None
 
     def get_version(self, name: str, version: int | None = None) -> VersionRecord | None:
         """A version, or the latest one of ``name`` when ``version`` is None."""
@@ -236,6 +299,14 @@ class MetadataStore:
             job = s.get(_Job, job_id)
             if job is not None:
                 job.status, job.result, job.updated_at = status, result, _now()
+
+    def fail_unfinished_jobs(self, detail: str) -> int:
+        """Mark every queued or running job failed (their process is gone); returns how many."""
+        with self._session() as s:
+            jobs = list(s.scalars(select(_Job).where(_Job.status.in_(("queued", "running")))))
+            for job in jobs:
+                job.status, job.result, job.updated_at = "failed", {"status": 503, "detail": detail}, _now()
+            return len(jobs)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._session() as s:

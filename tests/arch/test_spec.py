@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from reparam_core import SpecError
+from reparam_core import SpecError, reparameterize
 from reparam_core.arch import build_train_model, expand_stages, parse_spec
+from reparam_core.arch.bounds import estimate_cost
 
 CUSTOM = {
     "family": "repvgg",
@@ -106,3 +109,68 @@ def test_block_option_errors_surface_as_spec_errors() -> None:
 def test_missing_spec_file() -> None:
     with pytest.raises(SpecError, match=r"cannot read spec file nowhere\.json"):
         parse_spec("nowhere.json")
+
+
+SMALL = {"family": "repvgg", "stem": {"width": 8}, "stages": [{"depth": 1, "width": 8}]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({**SMALL, "stages": [{"depth": 100_000, "width": 8}]}, "spec.stages.0.depth: Input should be less"),
+        ({**SMALL, "stages": [{"depth": 1, "width": 10**6}]}, "spec.stages.0.width: Input should be less"),
+        ({**SMALL, "stages": [{"depth": 1, "width": 8, "groups": 0}]}, "groups 0 must be positive divisors"),
+        ({**SMALL, "stages": [{"depth": 1, "width": 8, "groups": 3}]}, "groups 3 must be positive divisors"),
+        ({**SMALL, "stages": [{"depth": 1, "width": 8}] * 17}, r"spec.stages: List should have at most 16"),
+        ({**SMALL, "input_size": [1, 1]}, r"input_size \[1, 1\]: each side must be between 4"),
+        ({**SMALL, "input_size": [10**6, 10**6]}, "and 2048"),
+        ({"family": "repvgg", "variant": "A0", "input_size": [16, 224]}, "between 32"),
+        ({**SMALL, "bn_eps": float("inf")}, "spec.bn_eps: Input should be less than or equal to 1"),
+        ({**SMALL, "bn_eps": float("nan")}, "spec.bn_eps"),
+        ({**SMALL, "num_classes": 10**9}, "spec.num_classes: Input should be less"),
+        ({**SMALL, "stem": {"width": 8, "stride": 64}}, "spec.stem.stride: Input should be less"),
+    ],
+)
+def test_sizes_are_bounded_before_anything_is_built(spec: object, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(spec)  # type: ignore[arg-type]
+
+
+def test_yaml_alias_bombs_are_refused_at_once() -> None:
+    levels = [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb = "l0: &l0 [lol]\n" + "\n".join(levels) + "\nfamily: repvgg\n"
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match="aliases"):
+        parse_spec(bomb)
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000, "a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 60))]
+)
+def test_deep_nesting_and_huge_texts_are_refused(text: str) -> None:
+    with pytest.raises(SpecError, match=r"nested deeper than 32|nested too deeply"):
+        parse_spec(text)
+    with pytest.raises(SpecError, match="at most 262144"):
+        parse_spec("{" + " " * 300_000 + "}")
+
+
+@pytest.mark.parametrize("variant", ["A0", "B1g2"])
+def test_cost_estimate_is_exact_for_the_deploy_net(variant: str) -> None:
+    """Parameters and MACs from the layout alone equal those of the fused net, counted by hooks."""
+    spec = parse_spec({"family": "repvgg", "variant": variant, "num_classes": 10, "input_size": [64, 96]})
+    deploy = reparameterize(build_train_model(spec).eval())
+    macs = 0
+
+    def count(module: torch.nn.Module, _: object, output: torch.Tensor) -> None:
+        nonlocal macs
+        per_position = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+        macs += per_position * (output[0, 0].numel() if output.ndim == 4 else 1)
+
+    for module in deploy.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        deploy(torch.zeros(1, 3, 64, 96))
+    params = sum(p.numel() for p in deploy.parameters())
+    assert estimate_cost(spec) == (params, macs)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import io
 import os
 import pickle
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +343,33 @@ def test_torch_bytes_and_parameters_come_back_as_plain_tensors(tmp_path: Path) -
         and not state["w"].requires_grad
         and torch.equal(state["b"], torch.zeros(2))
     )
+
+
+def zip_bomb(path: Path, padding: int) -> Path:
+    """A torch.save file re-zipped with deflate: ``padding`` zero bytes in data.pkl shrink ~1000x."""
+    plain_zip = io.BytesIO()
+    torch.save({"w": torch.ones(3), "pad": bytes(padding)}, plain_zip)
+    plain_zip.seek(0)
+    with zipfile.ZipFile(plain_zip) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_expanded(tmp_path: Path) -> None:
+    bomb = zip_bomb(tmp_path / "bomb.pt", 256 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    probe = (
+        "import resource, sys\n"
+        "from reparam_core import CheckpointError\n"
+        "from reparam_core.checkpoints import read_checkpoint\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_checkpoint(sys.argv[1])\n"
+        "except CheckpointError as exc:\n"
+        "    print(exc)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe, str(bomb)], capture_output=True, text=True, check=True)
+    message, grown_mb = run.stdout.strip().rsplit("\n", 1)
+    assert "expands to" in message and int(grown_mb) < 64, run.stdout

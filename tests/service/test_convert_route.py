@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,34 @@ def test_a_running_conversion_does_not_block_other_requests(
     release.set()
     assert still_running
     assert wait_for(lambda: finished_job(client, accepted.json()["status_url"]))["status"] == "succeeded"
+
+
+ALIAS_BOMB = "l0: &l0 [lol]\n" + "\n".join(
+    f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (ALIAS_BOMB, "aliases (*name) are not allowed"),
+        ('{"family": "repvgg", "stem": {"width": 8}, "stages": [{"depth": 100000, "width": 8}]}', "depth"),
+        (
+            '{"family": "repvgg", "variant": "A0", "input_size": [1536, 1536]}',
+            "GMACs at input_size [1536, 1536]",
+        ),
+        ('{"family": "repvgg", "variant": "B3", "num_classes": 100000}', "M parameters"),
+        ("[" * 50_000, "nested deeper"),
+    ],
+    ids=["yaml-alias-bomb", "depth", "input-size-cost", "parameter-cost", "nesting"],
+)
+def test_costly_or_hostile_specs_are_refused_before_any_work(
+    client: TestClient, checkpoint: Path, settings: Settings, spec: str, message: str
+) -> None:
+    form = convert_form(checkpoint)
+    form["data"]["spec"] = spec
+    started = time.perf_counter()
+    answer = client.post("/convert", **form)
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+    assert time.perf_counter() - started < 5
+    assert client.get("/models").json() == [] and stored_files(settings) == []

@@ -1,0 +1,119 @@
+"""The registry stays true: immutable version numbers, one version per conversion under concurrency,
+no architecture swapped under a name, bounded tolerances, and a clean state after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.store import MetadataStore
+from tests.helpers import SERVICE_SPEC as SPEC
+from tests.helpers import convert_form, make_checkpoint
+
+
+def test_version_numbers_are_never_reused(client: TestClient, checkpoint: Path, tmp_path: Path) -> None:
+    assert client.post("/convert", **convert_form(checkpoint)).json()["version"] == 1
+    second = make_checkpoint(tmp_path / "second.pth", seed=1)
+    v2 = client.post("/convert", **convert_form(second)).json()
+    assert v2["version"] == 2
+    assert client.delete("/models/tiny/versions/2").status_code == 204
+    third = make_checkpoint(tmp_path / "third.pth", seed=2)
+    v3 = client.post("/convert", **convert_form(third)).json()
+    assert v3["version"] == 3 and v3["digest"] != v2["digest"]
+    assert client.get("/models/tiny/versions/2").status_code == 404
+    assert client.delete("/models/tiny/versions/1").status_code == 204
+    assert client.delete("/models/tiny/versions/3").status_code == 204  # the model has no version left
+    assert client.post("/convert", **convert_form(second)).json()["version"] == 4
+
+
+def test_a_restart_keeps_the_numbering(settings: Settings, checkpoint: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(settings)) as first:
+        first.post("/convert", **convert_form(checkpoint))
+        first.post("/convert", **convert_form(make_checkpoint(tmp_path / "b.pth", seed=1)))
+        assert first.delete("/models/tiny/versions/2").status_code == 204
+    with TestClient(create_app(settings)) as second:
+        again = second.post("/convert", **convert_form(make_checkpoint(tmp_path / "c.pth", seed=2)))
+        assert again.json()["version"] == 3
+
+
+def test_identical_concurrent_conversions_make_one_version(settings: Settings, checkpoint: Path) -> None:
+    async def post_four() -> list[httpx.Response]:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                form = convert_form(checkpoint)
+                return await asyncio.gather(*(client.post("/convert", **form) for _ in range(4)))
+
+    answers = asyncio.run(post_four())
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 201], [a.text for a in answers]
+    assert {a.json()["version"] for a in answers} == {1}
+    assert [a.json()["created"] for a in answers].count(True) == 1
+    leftovers = list((settings.resolved_artifacts_dir / "tmp").iterdir())
+    assert leftovers == []  # every request's upload folder is gone
+
+
+def test_the_database_refuses_a_second_identical_version(tmp_path: Path) -> None:
+    """Two replicas racing past the duplicate check: the unique index decides, both see one row."""
+    store = MetadataStore(f"sqlite:///{tmp_path / 'race.db'}")
+    args = ("m", "d" * 64, "c" * 64, "s" * 64, {}, {}, {}, {"precision": "fp32"})
+    first, created = store.add_version(*args)
+    again, created_again = store.add_version(*args)
+    assert created and not created_again and again == first
+    other, created_other = store.add_version(*args[:-1], {"precision": "bf16"})
+    assert created_other and other.version == 2
+
+
+def test_another_architecture_under_a_name_is_a_conflict(
+    client: TestClient, checkpoint: Path, tmp_path: Path
+) -> None:
+    assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+    wider = {**SPEC, "stages": [{"depth": 2, "width": 8}, {"depth": 1, "width": 32}]}
+    wide_checkpoint = make_checkpoint(tmp_path / "wide.pth", spec=wider)
+    refused = client.post("/convert", **convert_form(wide_checkpoint, spec=wider))
+    assert refused.status_code == 409 and "differs in stages" in refused.json()["detail"]
+    assert [v["version"] for v in client.get("/models/tiny").json()["versions"]] == [1]
+    meant = client.post("/convert", **convert_form(wide_checkpoint, spec=wider, new_architecture="true"))
+    assert meant.status_code == 201 and meant.json()["version"] == 2
+    relabelled = {**wider, "labels": ["w", "x", "y", "z"], "preprocess": {"resize": 40, "crop": 32}}
+    assert client.post("/convert", **convert_form(wide_checkpoint, spec=relabelled)).status_code == 201
+
+
+@pytest.mark.parametrize("tolerance", ["inf", "nan", "-1", "0", "0.5"])
+def test_meaningless_tolerances_are_refused_and_nothing_is_stored(
+    client: TestClient, checkpoint: Path, tolerance: str
+) -> None:
+    for _ in range(2):  # a retry gets the same answer
+        answer = client.post("/convert", **convert_form(checkpoint, tolerance=tolerance))
+        assert answer.status_code == 422 and answer.json()["detail"].startswith("body.tolerance")
+    assert client.get("/models").json() == []
+
+
+def test_a_restart_after_a_crash_leaves_nothing_behind(settings: Settings, checkpoint: Path) -> None:
+    """What a SIGKILL mid-conversion leaves (a running job, an upload, a staging folder) is cleaned."""
+    store = MetadataStore(settings.resolved_database_url)
+    job = store.create_job("tiny")
+    store.update_job(job.id, "running")
+    tmp = settings.resolved_artifacts_dir / "tmp"
+    (tmp / "upload-abc").mkdir(parents=True)
+    (tmp / "upload-abc" / "checkpoint").write_bytes(b"x" * 1000)
+    (tmp / "staging-xyz" / "artifacts").mkdir(parents=True)
+    with TestClient(create_app(settings)) as client:
+        failed = client.get(f"/jobs/{job.id}").json()
+        assert failed["status"] == "failed" and "interrupted" in failed["result"]["detail"]
+        assert list(tmp.iterdir()) == []
+        assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+
+
+def test_deleting_the_last_version_of_a_digest_leaves_no_empty_folders(
+    client: TestClient, checkpoint: Path, settings: Settings
+) -> None:
+    client.post("/convert", **convert_form(checkpoint))
+    assert client.delete("/models/tiny/versions/1").status_code == 204
+    assert list((settings.resolved_artifacts_dir / "sha256").iterdir()) == []
