@@ -17,6 +17,7 @@ from .errors import install_handlers
 from .jobs import Conversions
 from .limits import BodyLimits, Pace
 from .metrics import CountRequests, Metrics
+from .openapi import install_openapi
 from .routes import convert, health, models, predict
 from .store import ArtifactStore, MetadataStore, VersionCache, artifact_store_from_settings
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.state.metrics = Metrics()
     install_handlers(app)
+    install_openapi(app)
     for module in (convert, models, predict, health):
         app.include_router(module.router)
     s = app.state.settings

@@ -19,6 +19,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from reparam_core import EquivalenceError, ReparamError, SpecError
 
@@ -55,6 +58,32 @@ class BackendUnavailable(ServiceError):
     retry_after_s = 5
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what is wrong (a failed gate adds its ``report``)."""
+
+    model_config = ConfigDict(extra="allow")
+    detail: str
+
+
+WHY = {
+    400: "unreadable or mismatching checkpoint",
+    401: "missing or invalid bearer token (REPARAM_API_TOKEN)",
+    404: "no such model, version, job or artifact",
+    405: "method not allowed (the Allow header lists those that are)",
+    408: "request body too slow",
+    409: "another architecture under this model name",
+    413: "request body over its size cap",
+    415: "a body type this endpoint does not take",
+    422: "invalid parameters or body",
+    503: "inference backend unavailable (transient; see Retry-After)",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route's error statuses, all with :class:`ErrorBody`."""
+    return {status: {"model": ErrorBody, "description": WHY[status]} for status in (*statuses, 422)}
+
+
 def status_for(exc: Exception) -> int:
     """The HTTP status of a domain error (500 for anything else: a bug)."""
     if isinstance(exc, ServiceError):
@@ -83,12 +112,36 @@ def install_handlers(app: FastAPI) -> None:
     async def bad_input(_: Request, exc: ReparamError) -> JSONResponse:
         return _json(status_for(exc), str(exc))
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # one route per method: list every method of the path
+            headers["Allow"] = ", ".join(sorted(_methods_of(request)))
+        return _json(exc.status_code, str(exc.detail), headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         return _json(422, problems or "invalid request")
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return _json(500, f"internal error ({type(exc).__name__}); see the service log")
+
+
+def _methods_of(request: Request) -> set[str]:
+    routes = request.app.router.routes
+    return {
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """``where: what is wrong (got 'value')``; the value only when it is short and plain."""
+    where = ".".join(str(p) for p in error["loc"])
+    value = error.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 80 else ""
+    return f"{where}: {error['msg']}{shown}"

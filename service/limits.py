@@ -2,7 +2,9 @@
 
 A body larger than its cap is refused as soon as the cap is passed. A body that stalls for
 ``idle_timeout_s``, or arrives slower than ``min_rate`` bytes/s once ``grace_s`` have passed, is
-refused with 408 and the connection closed: a slow client cannot hold a worker or a socket.
+refused with 408 and the connection closed: a slow client cannot hold a worker or a socket. A
+request answered before its body was read (404, 401...) has its connection closed after the answer,
+so the unread rest cannot be trickled in either.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ class BodyLimits:
 
         async def tracking_send(message: Message) -> None:
             nonlocal responded
-            responded = responded or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                responded = True
+                if not body_done and _has_body(scope):  # answered unread (404, 401...): drop the rest
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
@@ -68,6 +73,11 @@ class BodyLimits:
         except _Refused as refusal:
             if not responded:
                 await _refuse(send, refusal.status_code, refusal.detail)
+
+
+def _has_body(scope: Scope) -> bool:
+    headers = dict(scope.get("headers", []))
+    return headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
 
 
 class _Refused(HTTPException):

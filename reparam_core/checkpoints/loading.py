@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..blocks import ReparamBlock
 from ..errors import CheckpointError
 from .key_formats import FORMATS, detect_format, guess_family, identify_format, is_deploy_form
-from .reading import listing
+from .reading import WEIGHT_DTYPES, listing
 
 MIN_COVERAGE = 0.5  # below this share of expected keys, the checkpoint is of another architecture
 
@@ -45,6 +45,7 @@ def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) 
     mapped = match.state
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     _check_keys(expected, mapped, optional, match.format)
+    _check_dtypes(expected, mapped)
     separable = all(m.row_separable for m in model.modules() if isinstance(m, ReparamBlock))
     tensors = {k: _to(v, device, keep_kernels=separable) for k, v in mapped.items()}
     for key in optional - tensors.keys():
@@ -53,6 +54,17 @@ def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) 
     if match.format == "native" and identify_format(state).name == "timm":
         return "timm"  # our layout of RepVGG / MobileOne branches is timm's
     return match.format
+
+
+def _check_dtypes(expected: dict[str, Tensor], mapped: dict[str, Tensor]) -> None:
+    """Weights and statistics are real floats (integers, booleans, complex and float8 are not)."""
+    wrong = [
+        f"{key} ({mapped[key].dtype})"
+        for key, target in expected.items()
+        if key in mapped and target.is_floating_point() and mapped[key].dtype not in WEIGHT_DTYPES
+    ]
+    if wrong:
+        raise CheckpointError(f"weights must be float16/bfloat16/float32/float64, not {listing(wrong)}")
 
 
 def _check_keys(

@@ -236,8 +236,19 @@ def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_values(state: dict[str, Tensor]) -> None:
-    """Refuse NaN/Inf values and negative BN running variances, naming every offending key."""
+    """Refuse floats other than float16/bfloat16/float32/float64 (float8, complex), NaN/Inf values
+    and negative BN running variances, naming every offending key."""
+    exotic = [
+        f"{k} ({v.dtype})"
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and v.dtype not in WEIGHT_DTYPES
+    ]
+    if exotic:
+        raise CheckpointError(f"weights must be float16/bfloat16/float32/float64, not {listing(exotic)}")
     non_finite = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     negative = [k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())]
     problems = []

@@ -47,6 +47,11 @@ _REFUSED_GLOBALS = frozenset(
     {"types.FunctionType", "types.LambdaType", "types.CodeType", "types.MethodType", "types.ModuleType",
      "types.BuiltinFunctionType"}
 )  # fmt: skip
+# How torch pickles sparse, nested and quantized tensors: not weights a conversion can take.
+_NON_STRIDED = frozenset(
+    {"torch.serialization._get_layout", "torch._utils._rebuild_sparse_tensor",
+     "torch._utils._rebuild_nested_tensor", "torch._utils._rebuild_qtensor"}
+)  # fmt: skip
 # Constructors whose cost is bounded by their pickled arguments (no range, bytes(n), str(...),
 # and no set/frozenset, which would hash arbitrarily shared tuples).
 _SAFE_BUILTINS = frozenset({"list", "dict", "tuple", "int", "float", "complex", "bool", "slice", "object"})
@@ -79,6 +84,7 @@ _REBUILD = {torch._utils._rebuild_tensor, torch._utils._rebuild_tensor_v2, _rebu
 _CALLABLE: dict[str, Any] = {
     "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": torch._utils._rebuild_tensor_v3,  # dtypes without typed storage
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
@@ -152,6 +158,8 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: every opco
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
         qualified = f"{module}.{name}"
+        if qualified in _NON_STRIDED:
+            raise CheckpointError("sparse (or other non-strided) tensors are not read; save dense weights")
         if module.split(".")[0] in _REFUSED_MODULES or qualified in _REFUSED_GLOBALS:
             raise RefusedGlobal(qualified)
         if qualified.startswith(_REFUSED_TORCH):

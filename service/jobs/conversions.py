@@ -24,6 +24,7 @@ from ..config import Settings
 from ..errors import Conflict, ServiceError, status_for
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
+from ..store.metadata import JobState
 
 log = logging.getLogger("reparam.jobs")
 
@@ -225,7 +226,7 @@ class Conversions:
         name = request.name
         job = await asyncio.to_thread(self.metadata.create_job, name)
 
-        async def record(status: str, result: dict[str, Any] | None = None) -> None:
+        async def record(status: JobState, result: dict[str, Any] | None = None) -> None:
             await asyncio.to_thread(self.metadata.update_job, job.id, status, result)
 
         async def work() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from reparam_core import ArchSpec, SpecError, Weights, parse_serving, parse_spec
 from reparam_core.arch.bounds import estimate_cost
@@ -20,12 +19,13 @@ from reparam_core.arch.bounds import estimate_cost
 from ..auth import BEARER
 from ..config import Settings
 from ..deps import ConversionsDep, MetadataDep, SettingsDep
-from ..errors import BadInput, NotFound
+from ..errors import NotFound, responses
 from ..jobs import ConversionOutcome, ConversionRequest, Upload
 from ..store import VersionRecord
+from ..store.metadata import JobState
+from .params import NAME_PATTERN, JobId
 
 router = APIRouter(tags=["convert"])
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 MAX_TOLERANCE = 1e-3  # looser than this proves nothing about a float64 fusion
 
 
@@ -84,6 +84,21 @@ class ConversionResponse(BaseModel):
     links: dict[str, str]
 
 
+class JobAccepted(BaseModel):
+    job: str
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    job: str
+    model: str
+    status: JobState
+    result: dict[str, Any] | None = Field(
+        description="succeeded: model, version, digest, created; failed: status, detail (and report)"
+    )
+    links: dict[str, str] | None = None
+
+
 def _response(record: VersionRecord, created: bool) -> ConversionResponse:
     return ConversionResponse(
         model=record.name,
@@ -118,12 +133,9 @@ def _save(source: IO[bytes], folder: Path, filename: str, stored_as: str = "chec
     response_model=ConversionResponse,
     summary="Convert a training checkpoint, prove equivalence, store and register the deploy model",
     responses={
-        200: {"description": "the same checkpoint and spec were converted before: that version"},
-        202: {"description": "accepted (`wait=false`): poll the job URL"},
-        400: {"description": "unreadable or mismatching checkpoint"},
-        413: {"description": "upload larger than REPARAM_MAX_UPLOAD_BYTES"},
-        422: {"description": "invalid spec, or the equivalence gate failed (the report is included)"},
-        503: {"description": "inference backend unavailable"},
+        200: {"model": ConversionResponse, "description": "converted before: that version (created false)"},
+        202: {"model": JobAccepted, "description": "accepted (`wait=false`): poll the job URL"},
+        **responses(400, 401, 408, 409, 413, 503),
     },
 )
 async def convert_checkpoint(
@@ -131,9 +143,12 @@ async def convert_checkpoint(
         UploadFile, File(description=".safetensors, .pt/.pth/.tar (read with weights_only)")
     ],
     spec: Annotated[
-        str, Form(description='JSON, e.g. {"family": "repvgg", "variant": "A0", "num_classes": 1000}')
+        str,
+        Form(
+            min_length=1, description='JSON, e.g. {"family": "repvgg", "variant": "A0", "num_classes": 1000}'
+        ),
     ],
-    name: Annotated[str, Form(description="model name: letters, digits, '_' and '-'")],
+    name: Annotated[str, Form(pattern=NAME_PATTERN, description="model name: letters, digits, '_' and '-'")],
     conversions: ConversionsDep,
     settings: SettingsDep,
     tolerance: Annotated[
@@ -165,8 +180,6 @@ async def convert_checkpoint(
     ] = False,
     wait: Annotated[bool, Query(description="false: answer 202 at once with a job URL")] = True,
 ) -> Any:
-    if not NAME.fullmatch(name):
-        raise BadInput(f"name {name!r}: use 1-63 letters, digits, '_' or '-', starting with a letter")
     arch = await asyncio.to_thread(_affordable_spec, spec, settings)
     options = parse_serving(serving)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.resolved_artifacts_dir / "tmp"))
@@ -204,12 +217,14 @@ async def convert_checkpoint(
     "/jobs/{job_id}",
     dependencies=[BEARER],
     summary="Status of an asynchronous conversion (with the token, unless REPARAM_PUBLIC_DOWNLOADS)",
+    response_model=JobStatus,
+    responses=responses(401, 404),
 )
-async def get_job(job_id: str, metadata: MetadataDep) -> dict[str, Any]:
+async def get_job(job_id: JobId, metadata: MetadataDep) -> JobStatus:
     job = await asyncio.to_thread(metadata.get_job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
-    body: dict[str, Any] = {"job": job.id, "model": job.name, "status": job.status, "result": job.result}
+    links = None
     if job.status == "succeeded" and job.result:
-        body["links"] = {"version": f"/models/{job.name}/versions/{job.result['version']}"}
-    return body
+        links = {"version": f"/models/{job.name}/versions/{job.result['version']}"}
+    return JobStatus(job=job.id, model=job.name, status=job.status, result=job.result, links=links)

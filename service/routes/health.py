@@ -18,7 +18,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The store and the inference backend answer")
+@router.get(
+    "/readyz",
+    summary="The store and the inference backend answer",
+    responses={503: {"description": "not ready: the body says which part is not"}},
+)
 async def readyz(metadata: MetadataDep, backend: BackendDep) -> JSONResponse:
     try:
         store_ok = await asyncio.to_thread(metadata.ping)
@@ -29,6 +33,11 @@ async def readyz(metadata: MetadataDep, backend: BackendDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if store_ok and backend_ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics (latency histograms, conversions, requests)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (latency histograms, conversions, requests)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 async def metrics(m: MetricsDep) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

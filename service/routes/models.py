@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 
 from ..auth import BEARER
 from ..deps import ArtifactsDep, ConversionsDep, MetadataDep
-from ..errors import NotFound
+from ..errors import NotFound, responses
 from ..store import VersionRecord
 from ..store.artifacts import FILES
+from .params import ModelName, VersionNumber
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+
+class VersionSummary(BaseModel):
+    version: int
+    digest: str = Field(description="sha256 of model.safetensors")
+    arch: str | None
+    created_at: str
+
+
+class ModelSummary(BaseModel):
+    model: str
+    latest: int
+    versions: list[VersionSummary]
+
+
+class VersionDetail(VersionSummary):
+    model: str
+    checkpoint_sha256: str
+    spec: dict[str, Any]
+    report: dict[str, Any] = Field(description="the equivalence report (see docs/http-api.md)")
+    serving: dict[str, Any]
+    timings: dict[str, Any]
+    artifacts: dict[str, str] = Field(description="download URL per artifact")
 
 
 def describe(record: VersionRecord) -> dict[str, Any]:
@@ -31,7 +56,7 @@ def describe(record: VersionRecord) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Every model with its versions")
+@router.get("", summary="Every model with its versions", response_model=list[ModelSummary])
 async def list_models(metadata: MetadataDep) -> list[dict[str, Any]]:
     grouped: dict[str, list[VersionRecord]] = {}
     for record in await asyncio.to_thread(metadata.versions):
@@ -42,8 +67,8 @@ async def list_models(metadata: MetadataDep) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/{name}", summary="One model's versions")
-async def get_model(name: str, metadata: MetadataDep) -> dict[str, Any]:
+@router.get("/{name}", summary="One model's versions", response_model=ModelSummary, responses=responses(404))
+async def get_model(name: ModelName, metadata: MetadataDep) -> dict[str, Any]:
     records = await asyncio.to_thread(metadata.versions, name)
     if not records:
         raise NotFound(f"no model named {name!r}")
@@ -58,9 +83,12 @@ async def _version(metadata: MetadataDep, name: str, version: int) -> VersionRec
 
 
 @router.get(
-    "/{name}/versions/{version}", summary="A version: spec, equivalence report, timings, artifact links"
+    "/{name}/versions/{version}",
+    summary="A version: spec, equivalence report, timings, artifact links",
+    response_model=VersionDetail,
+    responses=responses(404),
 )
-async def get_version(name: str, version: int, metadata: MetadataDep) -> dict[str, Any]:
+async def get_version(name: ModelName, version: VersionNumber, metadata: MetadataDep) -> dict[str, Any]:
     return describe(await _version(metadata, name, version))
 
 
@@ -68,9 +96,15 @@ async def get_version(name: str, version: int, metadata: MetadataDep) -> dict[st
     "/{name}/versions/{version}/artifacts/{filename}",
     dependencies=[BEARER],
     summary="Download an artifact (with the token, unless REPARAM_PUBLIC_DOWNLOADS)",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **responses(401, 404)},
 )
 async def download(
-    name: str, version: int, filename: str, metadata: MetadataDep, artifacts: ArtifactsDep
+    name: ModelName,
+    version: VersionNumber,
+    filename: Annotated[str, Path(description=", ".join(FILES))],
+    metadata: MetadataDep,
+    artifacts: ArtifactsDep,
 ) -> FileResponse:
     record = await _version(metadata, name, version)
     if filename not in FILES:
@@ -86,8 +120,9 @@ async def download(
     status_code=204,
     dependencies=[BEARER],
     summary="Unregister and delete a version (artifacts go when no version uses them)",
+    responses=responses(401, 404, 503),
 )
-async def delete_version(name: str, version: int, conversions: ConversionsDep) -> Response:
+async def delete_version(name: ModelName, version: VersionNumber, conversions: ConversionsDep) -> Response:
     if await conversions.delete(name, version) is None:
         raise NotFound(f"no version {version} of model {name!r}")
     return Response(status_code=204)

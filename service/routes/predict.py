@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
+from reparam_core.errors import describe_validation_error
+
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
-from ..errors import BadInput, NotFound, UnsupportedMedia
+from ..errors import BadInput, NotFound, UnsupportedMedia, responses
 from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
+from .params import ModelName, VersionQuery
 
 router = APIRouter(tags=["predict"])
 MAX_TOP_K = 100
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str | None
+    probability: float
+
+
+class PredictionResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[list[Prediction]] = Field(description="per input image, the top-k classes")
+
+
+class TensorRequest(BaseModel):
+    """A preprocessed float batch ``[C, H, W]`` or ``[N, C, H, W]`` as nested lists."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[Any] = Field(min_length=1, description="nested lists of numbers: [C, H, W] or [N, C, H, W]")
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="overrides the query's top_k")
 
 
 async def _resolve(versions: VersionsDep, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
@@ -42,27 +66,26 @@ def _top_k(probabilities: Tensor, k: int, labels: list[str] | None) -> list[list
 
 async def _answer(
     name: str,
-    version: int | None,
+    resolved: tuple[int, dict[str, Any]],
     top_k: int,
-    decode: Any,
+    decode: Callable[[dict[str, Any]], Tensor],
     started: float,
-    versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
 ) -> JSONResponse:
-    resolved, spec = await _resolve(versions, name, version)
+    version, spec = resolved
     batch = await asyncio.to_thread(decode, spec)
     decoded = time.perf_counter()
-    probabilities = await backend.predict(name, resolved, batch)
+    probabilities = await backend.predict(name, version, batch)
     inferred = time.perf_counter()
     body = {
         "model": name,
-        "version": resolved,
+        "version": version,
         "predictions": _top_k(probabilities, top_k, spec.get("labels")),
     }
     response = JSONResponse(body)
     total = time.perf_counter() - started
-    labels = (name, str(resolved))
+    labels = (name, str(version))
     metrics.predict_latency.labels(*labels).observe(total)
     metrics.predict_backend_latency.labels(*labels).observe(inferred - decoded)
     response.headers["Server-Timing"] = (
@@ -73,69 +96,71 @@ async def _answer(
 
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K)]
-Version = Annotated[int | None, Query(ge=1, description="default: the latest version")]
+ANSWERS: dict[int | str, dict[str, Any]] = {200: {"model": PredictionResponse}, **responses(404, 413, 503)}
 
 
-@router.get("/predict/{name}", summary="Classify an image given as URL-safe base64 in the query")
+@router.get(
+    "/predict/{name}",
+    summary="Classify an image given as URL-safe base64 in the query",
+    responses=ANSWERS,
+    response_model=PredictionResponse,
+)
 async def predict_get(
-    name: str,
+    name: ModelName,
     image: Annotated[str, Query(description="URL-safe base64 PNG or JPEG")],
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
     top_k: TopK = 5,
-    version: Version = None,
+    version: VersionQuery = None,
 ) -> JSONResponse:
     started = time.perf_counter()
+    resolved = await _resolve(versions, name, version)
     data = decode_base64_image(image)
     decode = lambda spec: image_to_pixels(data, spec["preprocess"], spec["in_channels"])  # noqa: E731
-    return await _answer(name, version, top_k, decode, started, versions, backend, metrics)
+    return await _answer(name, resolved, top_k, decode, started, backend, metrics)
 
 
 @router.post(
     "/predict/{name}",
     summary='Classify PNG/JPEG bytes, or a JSON tensor {"inputs": [[...]], "top_k": 5}',
+    responses={**ANSWERS, **responses(404, 408, 413, 415, 503)},
+    response_model=PredictionResponse,
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {
-                    "example": {"inputs": "[[[...]]] (C x H x W, preprocessed)", "top_k": 5}
-                },
-            }
+                **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
+                "application/json": {"schema": TensorRequest.model_json_schema()},
+            },
         }
     },
 )
 async def predict_post(
-    name: str,
+    name: ModelName,
     request: Request,
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
     settings: SettingsDep,
     top_k: TopK = 5,
-    version: Version = None,
+    version: VersionQuery = None,
 ) -> JSONResponse:
     started = time.perf_counter()
+    resolved = await _resolve(versions, name, version)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in (*IMAGE_TYPES, "application/json"):
+        raise UnsupportedMedia(
+            f"content type {media or 'none'!r}: send {', '.join(IMAGE_TYPES)} or application/json"
+        )
     body = await request.body()
     if media in IMAGE_TYPES:
         decode = lambda spec: image_to_pixels(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
-    elif media == "application/json":
-        try:
-            payload = json.loads(body)
-        except json.JSONDecodeError:
-            raise BadInput("body: not valid JSON") from None
-        if not isinstance(payload, dict) or "inputs" not in payload:
-            raise BadInput('body: expected {"inputs": [...], "top_k": 5}')
-        top_k = int(payload.get("top_k", top_k))
-        if not 1 <= top_k <= MAX_TOP_K:
-            raise BadInput(f"top_k must be between 1 and {MAX_TOP_K}")
-        limit = settings.max_predict_bytes // 4
-        decode = lambda spec: json_to_tensor(payload["inputs"], spec["in_channels"], limit)  # noqa: E731
-    else:
-        raise UnsupportedMedia(
-            f"content type {media or 'none'!r}: send image/png, image/jpeg or application/json"
-        )
-    return await _answer(name, version, top_k, decode, started, versions, backend, metrics)
+        return await _answer(name, resolved, top_k, decode, started, backend, metrics)
+    try:
+        tensor_request = TensorRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadInput(describe_validation_error(exc, "body")) from None
+    limit = settings.max_predict_bytes // 4
+    decode = lambda spec: json_to_tensor(tensor_request.inputs, spec["in_channels"], limit)  # noqa: E731
+    return await _answer(name, resolved, tensor_request.top_k or top_k, decode, started, backend, metrics)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from sqlalchemy import (
     JSON,
@@ -129,11 +129,14 @@ class VersionRecord:
         }
 
 
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
 @dataclass(frozen=True)
 class JobRecord:
     id: str
     name: str
-    status: str  # queued | running | succeeded | failed
+    status: JobState
     result: dict[str, Any] | None
 
 
@@ -292,9 +295,9 @@ class MetadataStore:
         with self._session() as s:
             job = _Job(id=uuid.uuid4().hex, name=name, status="queued")
             s.add(job)
-            return JobRecord(job.id, job.name, job.status, None)
+            return JobRecord(job.id, job.name, "queued", None)
 
-    def update_job(self, job_id: str, status: str, result: dict[str, Any] | None = None) -> None:
+    def update_job(self, job_id: str, status: JobState, result: dict[str, Any] | None = None) -> None:
         with self._session() as s:
             job = s.get(_Job, job_id)
             if job is not None:
@@ -311,4 +314,4 @@ class MetadataStore:
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._session() as s:
             job = s.get(_Job, job_id)
-            return JobRecord(job.id, job.name, job.status, job.result) if job else None
+            return JobRecord(job.id, job.name, cast(JobState, job.status), job.result) if job else None

@@ -68,7 +68,8 @@ def test_bad_inputs_get_precise_errors(
         and "head.fc.weight: checkpoint (4, 16) vs model (7, 16)" in wrong.json()["detail"]
     )
     name = client.post("/convert", **convert_form(checkpoint, name="../etc"))
-    assert name.status_code == 422 and "name '../etc'" in name.json()["detail"]
+    assert name.status_code == 422 and "body.name: String should match pattern" in name.json()["detail"]
+    assert "(got '../etc')" in name.json()["detail"]
     missing = client.post("/convert", data={"name": "x"})
     assert missing.status_code == 422 and "checkpoint" in missing.json()["detail"]
     assert client.get("/models").json() == [] and stored_files(settings) == []
@@ -145,7 +146,9 @@ def test_async_conversion_returns_202_and_a_job_to_poll(client: TestClient, chec
     job = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
     assert job["status"] == "succeeded" and job["result"]["version"] == 1
     assert client.get(job["links"]["version"]).status_code == 200
-    assert client.get("/jobs/unknown").status_code == 404
+    assert (
+        client.get(f"/jobs/{'0' * 32}").status_code == 404 and client.get("/jobs/unknown").status_code == 422
+    )
 
 
 def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoint: Path) -> None:
@@ -210,3 +213,25 @@ def test_costly_or_hostile_specs_are_refused_before_any_work(
     assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
     assert time.perf_counter() - started < 5
     assert client.get("/models").json() == [] and stored_files(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("convert_dtype", "message"),
+    [
+        (lambda t: t > 0, "(torch.bool)"),
+        (lambda t: t.long(), "(torch.int64)"),
+        (lambda t: t.to(torch.complex64), "(torch.complex64)"),
+        (lambda t: t.to(torch.float8_e4m3fn), "(torch.float8_e4m3fn)"),
+        (lambda t: t.to_sparse(), "sparse (or other non-strided) tensors are not read"),
+    ],
+    ids=["bool", "int64", "complex", "float8", "sparse"],
+)
+def test_weights_of_other_dtypes_are_400(
+    client: TestClient, tmp_path: Path, convert_dtype: Any, message: str
+) -> None:
+    state = state_of(SPEC)
+    key = next(k for k in state if k.endswith("conv.weight"))
+    path = tmp_path / "odd.pth"
+    torch.save({**state, key: convert_dtype(state[key])}, path)
+    answer = client.post("/convert", **convert_form(path))
+    assert answer.status_code == 400 and message in answer.json()["detail"], answer.text

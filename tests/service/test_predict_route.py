@@ -114,3 +114,43 @@ def test_restart_registers_stored_versions_again(settings: Settings, checkpoint:
     with TestClient(create_app(settings)) as second:
         response = second.post("/predict/tiny", content=png_bytes(), headers={"Content-Type": "image/png"})
         assert response.status_code == 200 and response.json()["version"] == 1
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status"),
+    [
+        ({"json": {"inputs": [[[0.0] * 8] * 8] * 3, "top_k": None}}, 200),
+        ({"json": {"inputs": [[[0.0] * 8] * 8] * 3, "top_k": "three"}}, 422),
+        ({"json": {"inputs": [[[0.0] * 8] * 8] * 3, "top_k": 2.5}}, 422),
+        ({"content": b'{"inputs": [1], "x": "\xff\xfe"}', "headers": JSON}, 422),  # invalid UTF-8
+        ({"content": b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": JSON}, 422),
+        ({"content": png_bytes(fmt="JPEG"), "headers": JSON}, 422),  # a JPEG labelled as JSON
+        ({"json": ["not", "an", "object"]}, 422),
+    ],
+    ids=["top_k-null", "top_k-text", "top_k-float", "bad-utf8", "deep-nesting", "jpeg-as-json", "list-body"],
+)
+def test_odd_json_bodies_get_4xx_never_500(served: TestClient, request_args: dict, status: int) -> None:
+    assert served.post("/predict/tiny", **request_args).status_code == status
+
+
+def test_parameters_out_of_range_are_422_not_500(served: TestClient) -> None:
+    huge = 2**63 + 1
+    assert served.get(f"/models/tiny/versions/{huge}").status_code == 422
+    assert served.get(f"/predict/tiny?version={huge}&image=AAAA").status_code == 422
+    assert served.delete(f"/models/tiny/versions/{huge}").status_code == 422
+    assert served.get("/models/tiny%0A").status_code == 422  # a name ending in a newline
+    assert served.get("/models/tiny%0A/versions/1").status_code == 422
+
+
+def test_405_lists_every_method_of_the_path(served: TestClient) -> None:
+    answer = served.put("/models/tiny/versions/1")
+    assert answer.status_code == 405
+    assert set(answer.headers["Allow"].split(", ")) == {"DELETE", "GET"}
+
+
+def test_metrics_document_their_content_type(served: TestClient) -> None:
+    documented = served.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert served.get("/metrics").headers["content-type"].split(";")[0] in documented

@@ -44,9 +44,13 @@ def test_slow_headers_slow_bodies_and_silence_are_cut_off(settings: Settings, li
         bodies = [socket.create_connection(address) for _ in range(5)]
         for connection in bodies:
             connection.sendall(
-                b"POST /predict/m HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                b"Content-Length: 100000\r\n\r\n"
+                b"POST /convert HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n--b\r\n"
             )
+        early = socket.create_connection(address)  # answered 404 before its body is read
+        early.sendall(
+            b"POST /predict/m HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 9999\r\n\r\n"
+        )
         for connection in silent:
             assert closed_within(connection, 4)[0]
         for connection in headers:
@@ -54,7 +58,9 @@ def test_slow_headers_slow_bodies_and_silence_are_cut_off(settings: Settings, li
         for connection in bodies:
             closed, answer = closed_within(connection, 6, trickle=b"x")
             assert closed and answer.startswith(b"HTTP/1.1 408"), answer
-        for connection in silent + headers + bodies:
+        closed, answer = closed_within(early, 4, trickle=b"x")
+        assert closed and answer.startswith(b"HTTP/1.1 404"), answer
+        for connection in silent + headers + bodies + [early]:
             connection.close()
         with socket.create_connection(address) as fine:  # the server still answers
             fine.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
