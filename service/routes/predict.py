@@ -79,7 +79,7 @@ Version = Annotated[int | None, Query(ge=1, description="default: the latest ver
 @router.get("/predict/{name}", summary="Classify an image given as URL-safe base64 in the query")
 async def predict_get(
     name: str,
-    image: Annotated[str, Query(description="URL-safe base64 PNG or JPEG")],
+    image: Annotated[str, Query(description="URL-safe base64 PNG, JPEG or WebP")],
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
@@ -94,12 +94,12 @@ async def predict_get(
 
 @router.post(
     "/predict/{name}",
-    summary='Classify PNG/JPEG bytes, or a JSON tensor {"inputs": [[...]], "top_k": 5}',
+    summary='Classify PNG/JPEG/WebP bytes, or a JSON tensor {"inputs": [[...]], "top_k": 5}',
+    description="An image is decoded by its content, whichever of the image types labels it.",
     openapi_extra={
         "requestBody": {
             "content": {
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
                 "application/json": {
                     "example": {"inputs": "[[[...]]] (C x H x W, preprocessed)", "top_k": 5}
                 },
@@ -136,6 +136,6 @@ async def predict_post(
         decode = lambda spec: json_to_tensor(payload["inputs"], spec["in_channels"], limit)  # noqa: E731
     else:
         raise UnsupportedMedia(
-            f"content type {media or 'none'!r}: send image/png, image/jpeg or application/json"
+            f"content type {media or 'none'!r}: send image/png, image/jpeg, image/webp or application/json"
         )
     return await _answer(name, version, top_k, decode, started, versions, backend, metrics)
