@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "arch": ("ArchSpec", "build_train_model", "parse_spec"),
+    "arch.bounds": ("Cost", "estimate_cost"),
     "blocks": ("BLOCKS", "ReparamBlock", "register_block"),
     "checkpoints": ("Weights", "inspect_checkpoint", "read_checkpoint"),
     "conversion": ("ConversionReport", "ConversionResult", "convert"),
@@ -83,6 +84,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .arch import ArchSpec, build_train_model, parse_spec
+    from .arch.bounds import Cost, estimate_cost
     from .blocks import BLOCKS, ReparamBlock, register_block
     from .checkpoints import Weights, inspect_checkpoint, read_checkpoint
     from .conversion import ConversionReport, ConversionResult, convert
@@ -111,6 +113,7 @@ __all__ = [
     "ConversionError",
     "ConversionReport",
     "ConversionResult",
+    "Cost",
     "DeploySpec",
     "EquivalenceError",
     "EquivalenceReport",
@@ -132,6 +135,7 @@ __all__ = [
     "check_equivalence",
     "convert",
     "count_convs",
+    "estimate_cost",
     "inspect_checkpoint",
     "load_artifacts",
     "make_reference",

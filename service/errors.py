@@ -14,6 +14,7 @@ escapes as a 500 with a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -121,8 +122,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(_problem(e) for e in exc.errors())
-        return _json(422, problems or "invalid request")
+        return _json(422, describe_problems(exc.errors()) or "invalid request")
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -139,9 +139,12 @@ def _methods_of(request: Request) -> set[str]:
     }
 
 
-def _problem(error: dict[str, Any]) -> str:
-    """``where: what is wrong (got 'value')``; the value only when it is short and plain."""
-    where = ".".join(str(p) for p in error["loc"])
-    value = error.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 80 else ""
-    return f"{where}: {error['msg']}{shown}"
+def describe_problems(errors: Sequence[Any], prefix: tuple[str, ...] = ()) -> str:
+    """``where: what is wrong (got 'value')`` per validation error; values only when short and plain."""
+    lines = []
+    for error in errors:
+        where = ".".join(str(p) for p in (*prefix, *error["loc"]))
+        value = error.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 80 else ""
+        lines.append(f"{where}: {error['msg']}{shown}")
+    return "; ".join(lines)

@@ -1,53 +1,106 @@
-"""Turning request bodies into model input: decoded, resized and cropped images, or JSON tensors."""
+"""Turning request bodies into model input: images preprocessed as torchvision does it, or JSON tensors.
+
+An image is identified by its content (PNG, JPEG or WebP; Pillow's other formats are never
+handed to it), then resized and centre-cropped exactly as torchvision's ``Resize`` +
+``CenterCrop`` do on the PIL image. Sizes are checked from the header, before any pixel is
+decoded: the source image's and that of the resized image Pillow would allocate.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from reparam_core.deploy import Preprocess
+from reparam_core.deploy import Interpolation, Preprocess
 
-from .errors import BadInput
+from .errors import BadInput, UnsupportedMedia
 
-IMAGE_TYPES = ("image/png", "image/jpeg")
-DEFAULTS = Preprocess()  # the spec's preprocessing defaults (ImageNet's)
-MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")  # labels /predict takes; the content decides
+SIGNATURES = {  # Pillow format -> how its files begin
+    "PNG": lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
+    "JPEG": lambda head: head.startswith(b"\xff\xd8\xff"),
+    "WEBP": lambda head: head.startswith(b"RIFF") and head[8:12] == b"WEBP",
+}
+URL_SAFE = str.maketrans("-_", "+/")
+RESAMPLING = {name: Image.Resampling[name.upper()] for name in get_args(Interpolation)}
+DEFAULTS = Preprocess().model_dump()  # the spec's preprocessing defaults (ImageNet's)
+MAX_PIXELS = 64_000_000  # a source image at most (refused before decoding)
+MAX_RESIZED_PIXELS = 2**25  # the resized image, and Pillow's intermediate, at most (refused before decoding)
 
 
 def decode_base64_image(text: str) -> bytes:
+    """URL-safe base64 (the standard alphabet's ``+/`` taken too), padding optional."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text.translate(URL_SAFE) + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise BadInput("image: not URL-safe base64") from None
 
 
+def open_image(data: bytes) -> tuple[Image.Image, str]:
+    """The image and its format, its header read: 415 for what is not PNG, JPEG or WebP."""
+    fmt = next((name for name, matches in SIGNATURES.items() if matches(data[:12])), None)
+    if fmt is None:
+        raise UnsupportedMedia(
+            "image: the content is not PNG, JPEG or WebP; send one of those (as image/png, image/jpeg "
+            "or image/webp)"
+        )
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError:
+        raise BadInput(f"image: over the limit of {MAX_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError):  # ValueError: e.g. a PNG text chunk bomb
+        raise BadInput(f"image: cannot decode as {fmt}") from None
+    if image.width * image.height > MAX_PIXELS:
+        raise BadInput(
+            f"image of {image.width}x{image.height} pixels is over the limit of {MAX_PIXELS} pixels"
+        )
+    return image, fmt
+
+
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """torchvision's ``Resize(resize)``: the shorter side to ``resize``, the longer one scaled and
+    truncated."""
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
+
+
+def crop_start(size: int, crop: int) -> int:
+    """torchvision's ``CenterCrop``: rounded half to even, or zero-padded when the side is short."""
+    return round((size - crop) / 2.0) if size >= crop else -((crop - size) // 2)
+
+
 def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -> Tensor:
-    """Decode PNG/JPEG, resize the shorter side, centre-crop: uint8 pixels ``[1, S, S, C]``.
+    """Decode PNG/JPEG/WebP, then torchvision's ``Resize(resize, interpolation)`` +
+    ``CenterCrop(crop)``: uint8 pixels ``[1, S, S, C]``.
 
     The served net normalises them (``reparam_core.deploy.PixelNormaliser``): four times fewer
-    bytes travel to the backend than as float input."""
+    bytes travel to the backend than as float input. ``preprocess`` is a stored spec's: one stored
+    before ``interpolation`` existed is bilinear."""
+    image, fmt = open_image(data)
+    settings = {**DEFAULTS, **preprocess}
+    resize, crop = int(settings["resize"]), int(settings["crop"])
+    width, height = resized_size(image.width, image.height, resize)
+    if max(width * max(height, image.height), crop * crop) > MAX_RESIZED_PIXELS:
+        raise BadInput(
+            f"image of {image.width}x{image.height} pixels: its resize to {width}x{height} is over the limit "
+            f"of {MAX_RESIZED_PIXELS} pixels; send it cropped to a less extreme aspect ratio"
+        )
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            raise BadInput(f"image of {image.width}x{image.height} pixels is too large")
         image.load()
         mode = "RGB" if in_channels == 3 else "L"
         image = image if image.mode == mode else image.convert(mode)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise BadInput("image: cannot decode as PNG or JPEG") from None
-    resize = int(preprocess.get("resize", DEFAULTS.resize))
-    crop = int(preprocess.get("crop", DEFAULTS.crop))
-    scale = resize / min(image.width, image.height)
-    size = (max(crop, round(image.width * scale)), max(crop, round(image.height * scale)))
-    image = image.resize(size, Image.Resampling.BILINEAR)
-    left, top = (image.width - crop) // 2, (image.height - crop) // 2
+    except (OSError, ValueError):
+        raise BadInput(f"image: cannot decode as {fmt}") from None
+    image = image.resize((width, height), RESAMPLING[settings["interpolation"]])
+    left, top = crop_start(width, crop), crop_start(height, crop)
     image = image.crop((left, top, left + crop, top + crop))
     return torch.from_numpy(np.array(image, dtype=np.uint8).reshape(1, crop, crop, in_channels))
 

@@ -1,8 +1,9 @@
 """From a spec to blocks: :class:`BlockSpec` per block, the family registry, and instantiation.
 
 Each architecture family (``vgg.py``, ``mobileone.py``) registers a :class:`Family`: its presets,
-which block families it can hold, and its *layout*, the function that turns an ``ArchSpec`` into
-one :class:`BlockSpec` per block, stage by stage. :func:`build_staged_net` instantiates them.
+which block families it can hold, its *layout*, the function that turns an ``ArchSpec`` into one
+:class:`BlockSpec` per block, stage by stage, and its evaluation preprocessing. :func:`build_staged_net`
+instantiates them.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ Layout = tuple[BlockSpec, list[list[BlockSpec]]]
 @dataclass(frozen=True)
 class Family:
     """An architecture family: presets by variant name, the block families it holds (``None``:
-    any registered one), how a preset expands to stages, and how stages become blocks."""
+    any registered one), how a preset expands to stages, how stages become blocks, and how a
+    variant's reference code evaluates it (``Preprocess`` fields over its defaults; a custom net
+    is ``variant=None``)."""
 
     name: str
     default_block: str
@@ -58,6 +61,7 @@ class Family:
     presets: Mapping[str, Any]
     expand: Callable[[str], Stages]
     layout: Callable[[ArchSpec, Stages], Layout]
+    preprocess: Callable[[str | None], dict[str, Any]]
 
 
 FAMILIES: Registry[Family] = Registry("family")

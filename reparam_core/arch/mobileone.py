@@ -17,12 +17,13 @@ class MobileOnePreset(NamedTuple):
     widths: tuple[float, float, float, float]  # multipliers of BASE_WIDTHS
     num_branches: int = 1
     se_pairs: tuple[int, int, int, int] = (0, 0, 0, 0)
+    crop_pct: float = 0.9  # timm's pretrained configs, bilinear
 
 
 PAIRS = (2, 8, 10, 1)
 
 MOBILEONE: dict[str, MobileOnePreset] = {
-    "S0": MobileOnePreset((0.75, 1.0, 1.0, 2.0), num_branches=4),
+    "S0": MobileOnePreset((0.75, 1.0, 1.0, 2.0), num_branches=4, crop_pct=0.875),
     "S1": MobileOnePreset((1.5, 1.5, 2.0, 2.5)),
     "S2": MobileOnePreset((1.5, 2.0, 2.5, 4.0)),
     "S3": MobileOnePreset((2.0, 2.5, 3.0, 4.0)),
@@ -93,5 +94,6 @@ register_family(
         presets=MOBILEONE,
         expand=expand,
         layout=layout,
+        preprocess=lambda variant: {"crop_pct": MOBILEONE[variant].crop_pct} if variant in MOBILEONE else {},
     )
 )

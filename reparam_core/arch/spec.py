@@ -61,6 +61,22 @@ class ArchSpec(BaseModel):
     preprocess: Preprocess = Field(default_factory=Preprocess)
     labels: list[str] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_preprocess(cls, data: Any) -> Any:
+        """What ``preprocess`` leaves out comes from the family's reference evaluation (timm's
+        pretrained configs); a given ``resize`` stands for itself, without the family's crop_pct."""
+        if not isinstance(data, dict) or data.get("family") not in FAMILIES:
+            return data
+        given = data.get("preprocess") or {}
+        if not isinstance(given, dict):  # a Preprocess already
+            return data
+        variant = data.get("variant")
+        defaults = FAMILIES.get(data["family"]).preprocess(variant if isinstance(variant, str) else None)
+        if given.get("resize") is not None:
+            defaults.pop("crop_pct", None)
+        return {**data, "preprocess": {**defaults, **given}}
+
     @field_validator("family", mode="before")
     @classmethod
     def _lower_family(cls, value: Any) -> Any:

@@ -106,6 +106,8 @@ register_family(
         presets=REPVGG,
         expand=lambda variant: expand(REPVGG[variant]),
         layout=layout,
+        # timm's pretrained configs: Resize(256) + CenterCrop(224), bilinear; D2se at 320, uncropped
+        preprocess=lambda variant: {"crop": 320, "crop_pct": 1.0} if variant == "D2se" else {},
     )
 )
 register_family(
@@ -116,5 +118,7 @@ register_family(
         presets=REPOPT_VGG,
         expand=lambda variant: expand(REPOPT_VGG[variant]),
         layout=layout,
+        # RepOptimizers' own evaluation (TEST.CROP off): Resize(224) + CenterCrop(224), bilinear
+        preprocess=lambda variant: {"crop_pct": 1.0},
     )
 )

@@ -9,7 +9,7 @@ imports this package only: no block families, checkpoints or conversion code are
 
 from .artifacts import PROGRAM, REPORT, SPEC, WEIGHTS, load_artifacts, sha256_file, write_artifacts
 from .net import FusedConv, PlainNet, StagedNet, build_deploy_model
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, Preprocess
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Interpolation, PixelNormaliser, Preprocess
 from .serving import (
     SERVING_FILE,
     ServingModel,
@@ -32,6 +32,7 @@ __all__ = [
     "ConvLayerSpec",
     "DeploySpec",
     "FusedConv",
+    "Interpolation",
     "PaddingMode",
     "PixelNormaliser",
     "PlainNet",

@@ -13,8 +13,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from reparam_core import ArchSpec, SpecError, Weights, parse_serving, parse_spec
-from reparam_core.arch.bounds import estimate_cost
+from reparam_core import ArchSpec, SpecError, Weights, estimate_cost, parse_serving, parse_spec
 
 from ..auth import BEARER
 from ..config import Settings

@@ -13,10 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from reparam_core.errors import describe_validation_error
-
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
-from ..errors import BadInput, NotFound, UnsupportedMedia, responses
+from ..errors import BadInput, NotFound, UnsupportedMedia, describe_problems, responses
 from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
 from .params import ModelName, VersionQuery
 
@@ -107,7 +105,7 @@ ANSWERS: dict[int | str, dict[str, Any]] = {200: {"model": PredictionResponse}, 
 )
 async def predict_get(
     name: ModelName,
-    image: Annotated[str, Query(description="URL-safe base64 PNG or JPEG")],
+    image: Annotated[str, Query(description="URL-safe base64 PNG, JPEG or WebP")],
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
@@ -123,7 +121,8 @@ async def predict_get(
 
 @router.post(
     "/predict/{name}",
-    summary='Classify PNG/JPEG bytes, or a JSON tensor {"inputs": [[...]], "top_k": 5}',
+    summary='Classify PNG/JPEG/WebP bytes, or a JSON tensor {"inputs": [[...]], "top_k": 5}',
+    description="An image is decoded by its content, whichever of the image types labels it.",
     responses={**ANSWERS, **responses(404, 408, 413, 415, 503)},
     response_model=PredictionResponse,
     openapi_extra={
@@ -160,7 +159,7 @@ async def predict_post(
     try:
         tensor_request = TensorRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise BadInput(describe_validation_error(exc, "body")) from None
+        raise BadInput(describe_problems(exc.errors(), ("body",))) from None
     limit = settings.max_predict_bytes // 4
     decode = lambda spec: json_to_tensor(tensor_request.inputs, spec["in_channels"], limit)  # noqa: E731
     return await _answer(name, resolved, tensor_request.top_k or top_k, decode, started, backend, metrics)

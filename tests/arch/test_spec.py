@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 from reparam_core import SpecError, reparameterize
 from reparam_core.arch import build_train_model, expand_stages, parse_spec
 from reparam_core.arch.bounds import estimate_cost
+from reparam_core.arch.mobileone import MOBILEONE
+from reparam_core.arch.vgg import REPVGG
 
 CUSTOM = {
     "family": "repvgg",
@@ -32,6 +35,44 @@ def test_minimal_preset_spec() -> None:
     spec = parse_spec('{"family": "repvgg", "variant": "B1g4", "num_classes": 1000}')
     assert spec.name == "repvgg-B1g4" and spec.input_size == (224, 224) and spec.block_family == "repvgg"
     assert spec.preprocess.mean == (0.485, 0.456, 0.406)
+
+
+def test_preset_preprocessing_is_timms_pretrained_config() -> None:
+    timm = pytest.importorskip("timm")
+    compared = []
+    for family, presets in [("repvgg", REPVGG), ("mobileone", MOBILEONE)]:
+        for variant in presets:
+            name = f"{family}_{variant.lower()}"
+            if not timm.is_model(name):  # RepVGG-B1g2, B2g2, B3g2: no timm model
+                continue
+            config = timm.models.get_pretrained_cfg(name)
+            crop = config.input_size[-1]
+            preprocess = parse_spec({"family": family, "variant": variant}).preprocess
+            expected = (crop, math.floor(crop / config.crop_pct), config.interpolation)
+            assert (preprocess.crop, preprocess.resize, preprocess.interpolation) == expected, name
+            compared.append(name)
+    assert len(compared) == 16
+
+
+def test_other_families_and_custom_nets_preprocess_as_their_reference_code() -> None:
+    def short_side_and_crop(spec: dict) -> tuple[int | None, int]:
+        preprocess = parse_spec(spec).preprocess
+        assert preprocess.interpolation == "bilinear"
+        return preprocess.resize, preprocess.crop
+
+    # RepOptimizers evaluates with Resize(224) + CenterCrop(224) (TEST.CROP off)
+    assert short_side_and_crop({"family": "repopt_vgg", "variant": "B1"}) == (224, 224)
+    assert short_side_and_crop({"family": "repopt_vgg", "block": "csla", "variant": "L2"}) == (224, 224)
+    # custom nets, ACB/DBB/OREPA ones included: the ResNet-style Resize(256) + CenterCrop(224)
+    assert short_side_and_crop(CUSTOM) == (256, 224)
+    assert short_side_and_crop({**CUSTOM, "block": "acb"}) == (256, 224)
+    # what the spec gives wins; a given resize stands without the family's crop_pct
+    assert short_side_and_crop({"family": "mobileone", "variant": "S1", "preprocess": {"crop": 256}}) == (
+        math.floor(256 / 0.9),
+        256,
+    )
+    given = {"family": "mobileone", "variant": "S1", "preprocess": {"resize": 256}}
+    assert short_side_and_crop(given) == (256, 224) and parse_spec(given).preprocess.crop_pct is None
 
 
 def test_yaml_and_file_paths(tmp_path: Path) -> None:

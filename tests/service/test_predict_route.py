@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from httpx import Response
+from PIL import Image
 
 from reparam_core.arch import build_train_model
 from service.app import create_app
@@ -64,8 +67,9 @@ def test_error_paths(served: TestClient) -> None:
         == 404
     )
     assert served.get(f"/predict/tiny?version=9&image={'A' * 8}").status_code == 404
-    bad = served.post("/predict/tiny", content=b"\x89PNG garbage", headers={"Content-Type": "image/png"})
-    assert bad.status_code == 422 and "cannot decode" in bad.json()["detail"]
+    garbage = b"\x89PNG\r\n\x1a\ngarbage"  # PNG's signature, then nothing of a PNG
+    bad = served.post("/predict/tiny", content=garbage, headers={"Content-Type": "image/png"})
+    assert bad.status_code == 422 and "cannot decode as PNG" in bad.json()["detail"]
     media = served.post("/predict/tiny", content=b"GIF89a", headers={"Content-Type": "image/gif"})
     assert media.status_code == 415
     shape = served.post("/predict/tiny", json={"inputs": [[1.0, 2.0]]})
@@ -81,6 +85,38 @@ def test_error_paths(served: TestClient) -> None:
     )
     assert served.get("/predict/tiny?image=!!!").status_code == 422
     assert served.get(f"/predict/tiny?image={'A' * 8}&top_k=0").status_code == 422
+
+
+def test_images_are_decoded_by_content_and_only_png_jpeg_and_webp(served: TestClient) -> None:
+    def post(body: bytes, media: str) -> Response:
+        return served.post("/predict/tiny?top_k=4", content=body, headers={"Content-Type": media})
+
+    as_png = post(png_bytes(), "image/png")
+    assert as_png.status_code == 200
+    assert post(png_bytes(), "image/jpeg").json() == as_png.json()  # the label need not match
+    webp = post(png_bytes(fmt="WEBP"), "image/webp")
+    assert webp.status_code == 200, webp.text
+    expected = training_probabilities(model_input(png_bytes(fmt="WEBP"), SPEC["preprocess"], 3))[0]
+    assert webp.json()["predictions"][0][0]["index"] == int(expected.argmax())
+    for fmt in ["GIF", "TIFF", "BMP", "ICO", "EPS", "PCX"]:
+        refused = post(png_bytes(fmt=fmt), "image/png")
+        assert refused.status_code == 415, (fmt, refused.text)
+        assert "not PNG, JPEG or WebP" in refused.json()["detail"]
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_it_is_resized(served: TestClient) -> None:
+    """A 1x60000 PNG of a few hundred bytes would resize to 36x2160000 pixels (311 MB in Pillow)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 60000)).save(buffer, format="PNG")
+    thin = buffer.getvalue()
+    posted = served.post("/predict/tiny", content=thin, headers={"Content-Type": "image/png"})
+    encoded = base64.urlsafe_b64encode(thin).decode().rstrip("=")
+    got = served.get(f"/predict/tiny?image={encoded}")
+    for response in (posted, got):
+        assert response.status_code == 422
+        assert response.json()["detail"].startswith(
+            "image of 1x60000 pixels: its resize to 36x2160000 is over"
+        )
 
 
 def test_backend_down_is_503_with_retry_after(served: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
