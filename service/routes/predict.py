@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from torch import Tensor
 
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
-from ..errors import BadInput, NotFound, UnsupportedMedia
+from ..errors import BackendUnavailable, BadInput, NotFound, UnsupportedMedia
 from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
 
 router = APIRouter(tags=["predict"])
@@ -53,7 +53,12 @@ async def _answer(
     resolved, spec = await _resolve(versions, name, version)
     batch = await asyncio.to_thread(decode, spec)
     decoded = time.perf_counter()
-    probabilities = await backend.predict(name, resolved, batch)
+    try:
+        probabilities = await backend.predict(name, resolved, batch)
+    except BackendUnavailable:
+        if await versions.gone(name, resolved):  # deleted while it was asked for
+            raise NotFound(f"version {resolved} of model {name!r} was deleted") from None
+        raise
     inferred = time.perf_counter()
     body = {
         "model": name,

@@ -1,7 +1,9 @@
-"""Service fixtures: an app on a temporary data folder with the in-process backend, a checkpoint."""
+"""Service fixtures: an app on a temporary data folder with the in-process backend, a checkpoint;
+TorchServe workers and service subprocesses import this checkout."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,14 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.helpers import make_checkpoint
+from tests.helpers import ROOT, make_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def subprocesses_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchServe's workers are processes of their own (started with the environment's Python):
+    without this they could import an installed copy of reparam_core and service."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture()
