@@ -1,4 +1,5 @@
-"""``create_app()``: wiring of settings, stores, backend and routers; startup re-registers every version."""
+"""``create_app()``: wiring of settings, stores, backend and routers. Start-up starts the backend and
+opens the port; the supervisor then registers every stored version in the background."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fastapi import FastAPI
 
 from . import __doc__ as service_doc
 from .auth import TokenGate
-from .backends import in_process_backend, select_backend
+from .backends import start_backend
+from .backends.supervisor import Supervisor
 from .config import Settings, get_settings
 from .errors import install_handlers
 from .jobs import Conversions
@@ -32,27 +34,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.artifacts = artifact_store_from_settings(settings)
     app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
     await asyncio.to_thread(_clean_up_after_a_stop, app.state.metadata, app.state.artifacts)
-    backend = select_backend(settings)
+    backend = app.state.backend = await start_backend(settings)
     try:
-        await backend.start()
-    except Exception as exc:
-        if settings.backend != "auto" or settings.torchserve_url:
-            raise
-        log.error("TorchServe failed to start (%s): falling back to the in-process backend", exc)
-        await backend.stop()
-        backend = in_process_backend(settings)
-        await backend.start()
-    app.state.backend = backend
-    conversions = Conversions(
-        settings, app.state.metadata, app.state.versions, app.state.artifacts, backend, app.state.metrics
-    )
-    app.state.conversions = conversions
-    restored = await conversions.restore()
-    log.info("serving with the %s backend; %d stored versions registered", backend.name, restored)
-    try:
-        yield
+        conversions = app.state.conversions = Conversions(
+            settings, app.state.metadata, app.state.versions, app.state.artifacts, backend, app.state.metrics
+        )
+        supervisor = app.state.supervisor = Supervisor(
+            settings,
+            backend,
+            app.state.metadata,
+            app.state.artifacts,
+            app.state.versions,
+            app.state.metrics,
+            on_give_up=app.state.on_give_up,
+        )
+        supervisor.start()
+        log.info(
+            "serving with the %s backend; stored versions are registered in the background", backend.name
+        )
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            conversions.close()
     finally:
-        conversions.close()
         await backend.stop()
 
 
@@ -75,11 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="reparam",
         version="0.1.0",
         description=(service_doc or "").strip()
-        + "\n\nMutating endpoints need `Authorization: Bearer <token>` when REPARAM_API_TOKEN is set.",
+        + "\n\nMutations, artifact downloads and job details need `Authorization: Bearer <token>` "
+        "when REPARAM_API_TOKEN is set.",
         lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
     app.state.metrics = Metrics()
+    app.state.on_give_up = None  # what the server does when the supervisor gives up (``main.run``)
     install_handlers(app)
     install_openapi(app)
     for module in (convert, models, predict, health):

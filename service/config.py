@@ -62,7 +62,28 @@ class Settings(BaseSettings):
     torchserve_inference_port: int = Field(default=8080, description="managed TorchServe, on 127.0.0.1")
     torchserve_management_port: int = Field(default=8081, description="managed TorchServe, on 127.0.0.1")
     torchserve_metrics_port: int = Field(default=8082, description="managed TorchServe, on 127.0.0.1")
+    torchserve_grpc_inference_port: int = Field(
+        default=0,
+        ge=0,
+        description="managed TorchServe's gRPC inference port, on 127.0.0.1 (0: any free port)",
+    )
+    torchserve_grpc_management_port: int = Field(
+        default=0,
+        ge=0,
+        description="managed TorchServe's gRPC management port, on 127.0.0.1 (0: any free port)",
+    )
     torchserve_start_timeout_s: float = Field(default=180.0, description="waiting for TorchServe to answer")
+    supervise_interval_s: float = Field(
+        default=2.0, gt=0, description="how often the backend and every version's registration are checked"
+    )
+    supervise_max_restarts: int = Field(
+        default=5,
+        ge=1,
+        description="failed TorchServe restarts in a row before the service gives up and exits",
+    )
+    registration_concurrency: int = Field(
+        default=2, ge=1, description="stored versions registered with the backend at the same time"
+    )
     batch_size: int = Field(default=8, ge=1, description="largest batch a backend runs")
     max_batch_delay_ms: int = Field(default=5, ge=0, description="TorchServe's wait to fill a batch")
     workers_per_model: int | None = Field(

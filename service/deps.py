@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from .backends.base import InferenceBackend
+from .backends.supervisor import Supervisor
 from .config import Settings
 from .jobs import Conversions
 from .metrics import Metrics
@@ -37,6 +38,10 @@ async def _backend(request: Request) -> InferenceBackend:
     return request.app.state.backend  # type: ignore[no-any-return]
 
 
+async def _supervisor(request: Request) -> Supervisor:
+    return request.app.state.supervisor  # type: ignore[no-any-return]
+
+
 async def _conversions(request: Request) -> Conversions:
     return request.app.state.conversions  # type: ignore[no-any-return]
 
@@ -50,5 +55,6 @@ MetadataDep = Annotated[MetadataStore, Depends(_metadata)]
 VersionsDep = Annotated[VersionCache, Depends(_versions)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 BackendDep = Annotated[InferenceBackend, Depends(_backend)]
+SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]

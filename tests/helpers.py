@@ -3,8 +3,11 @@ realistic statistics, images, the service's view of an image, and one polling he
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +21,24 @@ from reparam_core import build_train_model
 from reparam_core.example import randomize_statistics as randomize_
 
 __all__ = [
+    "ROOT",
     "SERVICE_SPEC",
     "TINY",
     "convert_form",
+    "kill_processes_under",
     "make_checkpoint",
     "model_input",
     "png_bytes",
+    "processes_under",
     "randomize_",
     "state_of",
     "training_probabilities",
     "wait_for",
+    "wait_ready",
 ]
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 # A small RepVGG for library tests (non-square input).
 TINY: dict[str, Any] = {
@@ -107,3 +115,37 @@ def wait_for(poll: Callable[[], T | None], timeout: float = 60.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting after {timeout:.0f} s")
         time.sleep(interval)
+
+
+def wait_ready(client: Any, timeout: float = 120.0) -> dict[str, Any]:
+    """The ``/readyz`` body once it is 200: stored versions are registered in the background."""
+
+    def ready() -> dict[str, Any] | None:
+        response = client.get("/readyz")
+        return response.json() if response.status_code == 200 else None  # type: ignore[no-any-return]
+
+    return wait_for(ready, timeout=timeout, interval=0.1)
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder`` (a data folder's TorchServe, its guard)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in line and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def kill_processes_under(folder: Path) -> None:
+    """Test clean-up: SIGKILL every process of ``folder``, with its process group."""
+    for pid in processes_under(folder):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            group = os.getpgid(pid)
+            if group != os.getpgrp():  # never the test run's own group
+                os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Inference backends and the choice between them (see ``select_backend``)."""
+"""Inference backends, the choice between them (``select_backend``) and starting the chosen one."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from ..config import Settings
 from .base import InferenceBackend
 
 log = logging.getLogger("reparam.backend")
+
+
+class BackendStartError(RuntimeError):
+    """The configured backend cannot start and nothing may stand in for it: the service stops."""
 
 
 def in_process_backend(settings: Settings) -> InferenceBackend:
@@ -32,4 +36,22 @@ def select_backend(settings: Settings) -> InferenceBackend:
     return in_process_backend(settings)
 
 
-__all__ = ["InferenceBackend", "in_process_backend", "select_backend"]
+async def start_backend(settings: Settings) -> InferenceBackend:
+    """The selected backend, started. A managed TorchServe that cannot start is replaced by the
+    in-process backend under ``REPARAM_BACKEND=auto`` only (logged as an error); an explicit
+    ``torchserve`` raises :class:`BackendStartError` instead."""
+    backend = select_backend(settings)
+    try:
+        await backend.start()
+    except Exception as exc:
+        if settings.backend != "auto" or settings.torchserve_url:
+            raise BackendStartError(
+                f"REPARAM_BACKEND={settings.backend}: the {backend.name} backend cannot start: {exc}"
+            ) from None
+        log.error("TorchServe cannot start (%s): falling back to the in-process backend", exc)
+        backend = in_process_backend(settings)
+        await backend.start()
+    return backend
+
+
+__all__ = ["BackendStartError", "InferenceBackend", "in_process_backend", "select_backend", "start_backend"]

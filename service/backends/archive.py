@@ -20,6 +20,12 @@ def archive_name(name: str, version: int) -> str:
     return f"{name}-v{version}"
 
 
+def version_of(model: str) -> tuple[str, int] | None:
+    """``(name, version)`` of a TorchServe model named by :func:`archive_name`, else None."""
+    name, separator, version = model.rpartition("-v")
+    return (name, int(version)) if separator and name and version.isdigit() else None
+
+
 def build_mar(name: str, version: int, artifacts: Path, serving: ServingOptions, store: Path) -> Path:
     """Write ``<store>/<name>-v<version>.mar`` (replacing one left by an earlier run)."""
     store.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from reparam_core.deploy import (
 )
 
 from ..errors import BackendUnavailable
+from .base import VersionLocks
 
 log = logging.getLogger("reparam.backend")
 
@@ -89,6 +90,7 @@ class InProcessBackend:
         self.max_batch = max_batch
         self.warmup_sizes = warmup_batch_sizes(max_batch)
         self._models: dict[tuple[str, int], _Batcher] = {}
+        self.locks = VersionLocks()
 
     async def start(self) -> None:
         exact_fp32()
@@ -102,10 +104,23 @@ class InProcessBackend:
     async def ready(self) -> bool:
         return True
 
+    def exited(self) -> bool:
+        return False  # nothing runs outside this process
+
+    async def restart(self) -> bool:
+        return False
+
+    async def loaded(self) -> dict[tuple[str, int], bool]:
+        return dict.fromkeys(self._models, True)
+
+    def busy(self, name: str, version: int) -> bool:
+        return self.locks.busy(name, version)
+
     async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
-        served = await asyncio.to_thread(self._load, artifacts, serving)
-        await self.unregister(name, version)
-        self._models[(name, version)] = _Batcher(served, self.max_batch)
+        async with self.locks.hold(name, version):
+            served = await asyncio.to_thread(self._load, artifacts, serving)
+            await self._unload(name, version)
+            self._models[(name, version)] = _Batcher(served, self.max_batch)
 
     def _load(self, artifacts: Path, serving: ServingOptions) -> ServingModel:
         model, spec = load_artifacts(artifacts, self.device)
@@ -117,6 +132,10 @@ class InProcessBackend:
         return batcher.served if batcher is not None else None
 
     async def unregister(self, name: str, version: int) -> None:
+        async with self.locks.hold(name, version):
+            await self._unload(name, version)
+
+    async def _unload(self, name: str, version: int) -> None:
         batcher = self._models.pop((name, version), None)
         if batcher is not None:
             await batcher.close()

@@ -2,13 +2,16 @@
 
 Each version is registered as its own TorchServe model ``<name>-v<version>`` with batching
 (``batch_size``/``max_batch_delay``) and at least one worker; predictions go to
-``/predictions/<name>-v<version>`` as safetensors bytes.
+``/predictions/<name>-v<version>`` as safetensors bytes. TorchServe drops the queued requests of
+a model it unregisters without answering them: ``unregister`` answers them itself, at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,12 @@ from reparam_core.deploy import ServingOptions
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..torchserve_handler import wire
-from .archive import archive_name, build_mar
+from .archive import archive_name, build_mar, version_of
+from .base import VersionLocks
 from .torchserve_process import TorchServeProcess
 
 log = logging.getLogger("reparam.torchserve")
+PING_TIMEOUT_S = 5
 
 
 class TorchServeBackend:
@@ -40,6 +45,8 @@ class TorchServeBackend:
                 "/"
             )
         self._session: aiohttp.ClientSession | None = None
+        self.locks = VersionLocks()
+        self._calls: dict[str, set[asyncio.Task[bytes]]] = {}  # predictions under way, per model
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -51,8 +58,30 @@ class TorchServeBackend:
         return self._session
 
     async def start(self) -> None:
-        if self.process is not None:
-            await asyncio.to_thread(self.process.start)
+        """A managed TorchServe: started, and answering /ping, or stopped again and an error raised."""
+        if self.process is None:
+            return
+        try:
+            await asyncio.to_thread(self.process.spawn)
+            await self._wait_answering(self.process)
+        except BaseException:
+            await asyncio.to_thread(self.process.stop)
+            raise
+
+    async def _wait_answering(self, process: TorchServeProcess) -> None:
+        deadline = time.monotonic() + self.settings.torchserve_start_timeout_s
+        while time.monotonic() < deadline:
+            status = process.exit_status()
+            if status is not None:
+                raise RuntimeError(
+                    f"TorchServe exited with status {status} while starting; see {process.log_file}"
+                )
+            if await self.ready():
+                return
+            await asyncio.sleep(0.25)
+        raise RuntimeError(
+            f"TorchServe did not answer /ping within {self.settings.torchserve_start_timeout_s:.0f} s"
+        )
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -61,36 +90,84 @@ class TorchServeBackend:
         if self.process is not None:
             await asyncio.to_thread(self.process.stop)
 
+    async def restart(self) -> bool:
+        if self.process is None:
+            return False  # an external TorchServe is someone else's to restart
+        await self.stop()
+        await self.start()
+        return True
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.exit_status() is not None
+
     async def ready(self) -> bool:
+        if self.exited():
+            return False
         try:
-            async with self.session.get(f"{self.inference_url}/ping", timeout=_seconds(2)) as response:
+            url = f"{self.inference_url}/ping"
+            async with self.session.get(url, timeout=_seconds(PING_TIMEOUT_S)) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def loaded(self) -> dict[tuple[str, int], bool]:
+        models, token = [], ""
+        while True:  # GET /models pages through the registrations
+            params = {"limit": 100, **({"next_page_token": token} if token else {})}
+            status, text = await self._management("GET", "/models", timeout=10, params=params)
+            if status != 200:
+                raise BackendUnavailable(f"TorchServe could not list its models: {status} {text.strip()}")
+            page = json.loads(text)
+            models += [m["modelName"] for m in page.get("models", [])]
+            token = page.get("nextPageToken") or ""
+            if not token:
+                break
+        ready = await asyncio.gather(*(self._has_ready_worker(model) for model in models))
+        loaded = {}
+        for model, ok in zip(models, ready, strict=True):
+            key = version_of(model)
+            if key is not None:  # not one of ours: an external TorchServe may serve others too
+                loaded[key] = ok
+        return loaded
+
+    async def _has_ready_worker(self, model: str) -> bool:
+        status, text = await self._management("GET", f"/models/{model}", timeout=10)
+        if status != 200:
+            return False
+        return any(w.get("status") == "READY" for entry in json.loads(text) for w in entry.get("workers", []))
+
+    def busy(self, name: str, version: int) -> bool:
+        return self.locks.busy(name, version)
+
     async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
-        store = self.settings.resolved_model_store
-        mar = await asyncio.to_thread(build_mar, name, version, artifacts, serving, store)
-        model = archive_name(name, version)
-        await self._delete_if_present(model, version)
-        params = {
-            "url": mar.name,
-            "model_name": model,
-            "initial_workers": self.settings.resolved_workers,
-            "synchronous": "true",
-            "batch_size": self.settings.batch_size,
-            "max_batch_delay": self.settings.max_batch_delay_ms,
-            "startup_timeout": self.settings.model_startup_timeout_s,
-        }
-        timeout = self.settings.model_startup_timeout_s + 60
-        status, text = await self._management("POST", "/models", params=params, timeout=timeout)
-        if status >= 300:
-            raise BackendUnavailable(f"TorchServe refused {model}: {status} {text.strip()}")
-        log.info("registered %s with TorchServe", model)
+        async with self.locks.hold(name, version):
+            store = self.settings.resolved_model_store
+            mar = await asyncio.to_thread(build_mar, name, version, artifacts, serving, store)
+            model = archive_name(name, version)
+            await self._delete_if_present(model, version)
+            params = {
+                "url": mar.name,
+                "model_name": model,
+                "initial_workers": self.settings.resolved_workers,
+                "synchronous": "true",
+                "batch_size": self.settings.batch_size,
+                "max_batch_delay": self.settings.max_batch_delay_ms,
+                "startup_timeout": self.settings.model_startup_timeout_s,
+            }
+            timeout = self.settings.model_startup_timeout_s + 60
+            status, text = await self._management("POST", "/models", params=params, timeout=timeout)
+            if status >= 300:
+                raise BackendUnavailable(f"TorchServe refused {model}: {status} {text.strip()}")
+            log.info("registered %s with TorchServe", model)
 
     async def unregister(self, name: str, version: int) -> None:
-        await self._delete_if_present(archive_name(name, version), version)
-        (self.settings.resolved_model_store / f"{archive_name(name, version)}.mar").unlink(missing_ok=True)
+        """Unregister, then answer the requests TorchServe dropped (BackendUnavailable, at once)."""
+        model = archive_name(name, version)
+        async with self.locks.hold(name, version):
+            await self._delete_if_present(model, version)
+            for call in self._calls.pop(model, set()):
+                call.cancel()
+            (self.settings.resolved_model_store / f"{model}.mar").unlink(missing_ok=True)
 
     async def _delete_if_present(self, model: str, version: int) -> None:
         status, text = await self._management("DELETE", f"/models/{model}/{version}", timeout=60)
@@ -110,17 +187,33 @@ class TorchServeBackend:
             raise BackendUnavailable(f"TorchServe management API unreachable: {exc!r}") from None
 
     async def predict(self, name: str, version: int, batch: Tensor) -> Tensor:
-        url = f"{self.inference_url}/predictions/{archive_name(name, version)}"
+        model = archive_name(name, version)
+        call = asyncio.ensure_future(self._post(model, wire.pack(batch), name, version))
+        calls = self._calls.setdefault(model, set())
+        calls.add(call)
+        try:
+            return wire.unpack(await call)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if call.cancelled() and current is not None and not current.cancelling():
+                raise BackendUnavailable(f"{name} v{version} was unloaded") from None
+            raise
+        finally:
+            calls.discard(call)
+            if not calls and self._calls.get(model) is calls:
+                del self._calls[model]
+
+    async def _post(self, model: str, body: bytes, name: str, version: int) -> bytes:
+        url = f"{self.inference_url}/predictions/{model}"
         try:
             async with self.session.post(
-                url, data=wire.pack(batch), headers={"Content-Type": wire.CONTENT_TYPE}
+                url, data=body, headers={"Content-Type": wire.CONTENT_TYPE}
             ) as response:
                 if response.status != 200:
                     raise BackendUnavailable(f"TorchServe answered {response.status} for {name} v{version}")
-                body = await response.read()
+                return await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendUnavailable(f"TorchServe unreachable: {exc!r}") from None
-        return wire.unpack(body)
 
 
 def _seconds(total: float) -> aiohttp.ClientTimeout:

@@ -212,10 +212,17 @@ class Conversions:
             self.artifacts.delete(record.digest)
 
     async def delete(self, name: str, version: int) -> VersionRecord | None:
+        """Retire the version first (its requests get 404 from now on, the supervisor leaves it
+        alone), then unregister it (requests under way are answered at once), then drop its row."""
         record = await asyncio.to_thread(self.metadata.get_version, name, version)
-        if record is None:
+        if record is None or self.versions.retired(record):
             return None
-        await self.backend.unregister(name, version)
+        self.versions.retire(record)
+        try:
+            await self.backend.unregister(name, version)
+        except BaseException:
+            self.versions.reinstate(record)
+            raise
         await asyncio.to_thread(self._forget, record)
         self.versions.forget(name)
         self.metrics.models_registered.dec()
@@ -253,18 +260,3 @@ class Conversions:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return job.id
-
-    async def restore(self) -> int:
-        """Register every stored version with the backend (TorchServe keeps no state across restarts)."""
-        records = await asyncio.to_thread(self.metadata.versions)
-        count = 0
-        for record in records:
-            path = self.artifacts.local_path(record.digest)
-            if not path.exists():
-                log.error("artifacts of %s v%d missing at %s", record.name, record.version, path)
-                continue
-            serving = ServingOptions.model_validate(record.serving)
-            await self.backend.register(record.name, record.version, path, serving)
-            count += 1
-        self.metrics.models_registered.set(count)
-        return count

@@ -1,36 +1,55 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz``: 200 while the service can go on, 503 once the supervisor has given up on a managed
+TorchServe (``reparam serve`` then exits). ``/readyz``: 200 when the store answers and every stored
+version is served; 503 otherwise, with the backend that serves, the supervisor's state and how many
+versions are still pending.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import BackendDep, MetadataDep, MetricsDep
+from ..deps import BackendDep, MetadataDep, MetricsDep, SupervisorDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="The process is alive and its backend supervised (503: given up)")
+async def healthz(supervisor: SupervisorDep) -> JSONResponse:
+    status = supervisor.status
+    if status.state == "failed":
+        return JSONResponse({"status": "failed", "detail": status.detail}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get(
     "/readyz",
-    summary="The store and the inference backend answer",
-    responses={503: {"description": "not ready: the body says which part is not"}},
+    summary="The store answers and every stored version is served",
+    responses={
+        503: {"description": "not ready: the body says which part is not, and how many versions are pending"}
+    },
 )
-async def readyz(metadata: MetadataDep, backend: BackendDep) -> JSONResponse:
+async def readyz(metadata: MetadataDep, backend: BackendDep, supervisor: SupervisorDep) -> JSONResponse:
     try:
         store_ok = await asyncio.to_thread(metadata.ping)
     except Exception:  # any database error means not ready
         store_ok = False
-    backend_ok = await backend.ready()
-    body = {"store": store_ok, "backend": backend.name if backend_ok else False}
-    return JSONResponse(body, status_code=200 if store_ok and backend_ok else 503)
+    status = supervisor.status
+    body: dict[str, Any] = {
+        "store": store_ok,
+        "backend": backend.name,
+        "state": status.state,
+        "pending": status.pending,
+        "failed": list(status.failed),
+        "detail": status.detail,
+    }
+    return JSONResponse(body, status_code=200 if store_ok and status.state == "ready" else 503)
 
 
 @router.get(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
-from ..errors import BadInput, NotFound, UnsupportedMedia, describe_problems, responses
+from ..errors import BackendUnavailable, BadInput, NotFound, UnsupportedMedia, describe_problems, responses
 from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
 from .params import ModelName, VersionQuery
 
@@ -68,13 +68,19 @@ async def _answer(
     top_k: int,
     decode: Callable[[dict[str, Any]], Tensor],
     started: float,
+    versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
 ) -> JSONResponse:
     version, spec = resolved
     batch = await asyncio.to_thread(decode, spec)
     decoded = time.perf_counter()
-    probabilities = await backend.predict(name, version, batch)
+    try:
+        probabilities = await backend.predict(name, version, batch)
+    except BackendUnavailable:
+        if await versions.gone(name, version):  # deleted while it was asked for
+            raise NotFound(f"version {version} of model {name!r} was deleted") from None
+        raise
     inferred = time.perf_counter()
     body = {
         "model": name,
@@ -116,7 +122,7 @@ async def predict_get(
     resolved = await _resolve(versions, name, version)
     data = decode_base64_image(image)
     decode = lambda spec: image_to_pixels(data, spec["preprocess"], spec["in_channels"])  # noqa: E731
-    return await _answer(name, resolved, top_k, decode, started, backend, metrics)
+    return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
 
 
 @router.post(
@@ -155,11 +161,13 @@ async def predict_post(
     body = await request.body()
     if media in IMAGE_TYPES:
         decode = lambda spec: image_to_pixels(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
-        return await _answer(name, resolved, top_k, decode, started, backend, metrics)
+        return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
     try:
         tensor_request = TensorRequest.model_validate_json(body)
     except ValidationError as exc:
         raise BadInput(describe_problems(exc.errors(), ("body",))) from None
     limit = settings.max_predict_bytes // 4
     decode = lambda spec: json_to_tensor(tensor_request.inputs, spec["in_channels"], limit)  # noqa: E731
-    return await _answer(name, resolved, tensor_request.top_k or top_k, decode, started, backend, metrics)
+    return await _answer(
+        name, resolved, tensor_request.top_k or top_k, decode, started, versions, backend, metrics
+    )

@@ -2,21 +2,29 @@
 
 An entry lives ``ttl`` seconds: a version added or deleted by another replica is seen within that
 time. This process's own conversions and deletions drop the model's entries at once. Misses (no
-such model or version) are not cached.
+such model or version) are not cached. A version being deleted is ``retire``d first: from then on
+this process neither serves it nor registers it again, though its row may still exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 from .metadata import MetadataStore, VersionRecord
+
+
+def _identity(record: VersionRecord) -> tuple[str, int, dt.datetime]:
+    """A version's row: a later version given the same number (after a delete) is another row."""
+    return record.name, record.version, record.created_at
 
 
 class VersionCache:
     def __init__(self, metadata: MetadataStore, ttl: float) -> None:
         self.metadata, self.ttl = metadata, ttl
         self._entries: dict[tuple[str, int | None], tuple[float, VersionRecord]] = {}
+        self._retired: set[tuple[str, int, dt.datetime]] = set()  # one small entry per deletion
 
     async def get(self, name: str, version: int | None) -> VersionRecord | None:
         """Version ``version`` of ``name``, or its latest when ``version`` is None."""
@@ -25,12 +33,37 @@ class VersionCache:
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        record = await asyncio.to_thread(self.metadata.get_version, name, version)
+        record = await asyncio.to_thread(self._lookup, name, version)
         if record is None:
             self._entries.pop(key, None)
         else:
             self._entries[key] = (now, record)
         return record
+
+    def _lookup(self, name: str, version: int | None) -> VersionRecord | None:
+        record = self.metadata.get_version(name, version)
+        if record is None or not self.retired(record):
+            return record
+        if version is not None:
+            return None
+        live = [r for r in self.metadata.versions(name) if not self.retired(r)]  # the latest is going
+        return live[-1] if live else None
+
+    async def gone(self, name: str, version: int) -> bool:
+        """Whether the version is deleted or being deleted (asked of the database, not the cache)."""
+        return await asyncio.to_thread(self._lookup, name, version) is None
+
+    def retire(self, record: VersionRecord) -> None:
+        """``record`` is being deleted: answer as if it were gone, from now on."""
+        self._retired.add(_identity(record))
+        self.forget(record.name)
+
+    def reinstate(self, record: VersionRecord) -> None:
+        """The deletion of ``record`` failed: it is served again."""
+        self._retired.discard(_identity(record))
+
+    def retired(self, record: VersionRecord) -> bool:
+        return _identity(record) in self._retired
 
     def forget(self, name: str) -> None:
         for key in [k for k in self._entries if k[0] == name]:

@@ -1,9 +1,11 @@
 """Service fixtures: an app on a temporary data folder with the in-process backend, a checkpoint,
-and the same app behind a real uvicorn server on loopback (for what a test client cannot show)."""
+the same app behind a real uvicorn server on loopback (for what a test client cannot show);
+TorchServe workers and service subprocesses import this checkout."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -17,7 +19,14 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.main import server_config
-from tests.helpers import make_checkpoint
+from tests.helpers import ROOT, make_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def subprocesses_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchServe's workers are processes of their own (started with the environment's Python):
+    without this they could import an installed copy of reparam_core and service."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture()

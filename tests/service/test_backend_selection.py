@@ -13,6 +13,7 @@ from service.backends import select_backend
 from service.backends.inprocess import InProcessBackend
 from service.backends.torchserve import TorchServeBackend
 from service.config import Settings
+from tests.helpers import wait_ready
 
 
 def test_without_java_the_in_process_backend_is_chosen(
@@ -45,8 +46,8 @@ def test_torchserve_failing_to_start_falls_back(
 
     monkeypatch.setattr(TorchServeBackend, "start", broken_start)
     with (
-        caplog.at_level(logging.ERROR, logger="reparam.service"),
+        caplog.at_level(logging.ERROR, logger="reparam.backend"),
         TestClient(create_app(Settings(data_dir=tmp_path, backend="auto"))) as client,
     ):
-        assert client.get("/readyz").json() == {"store": True, "backend": "inprocess"}
-    assert "TorchServe failed to start (port 8080 in use)" in caplog.text
+        assert wait_ready(client)["backend"] == "inprocess"
+    assert "TorchServe cannot start (port 8080 in use): falling back" in caplog.text

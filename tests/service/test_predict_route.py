@@ -17,7 +17,7 @@ from service.app import create_app
 from service.config import Settings
 from service.errors import BackendUnavailable
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, model_input, png_bytes, randomize_
+from tests.helpers import convert_form, model_input, png_bytes, randomize_, wait_ready
 
 
 @pytest.fixture()
@@ -141,13 +141,22 @@ def test_metrics_have_latency_histograms(served: TestClient) -> None:
 
 def test_health_and_readiness(served: TestClient) -> None:
     assert served.get("/healthz").json() == {"status": "ok"}
-    assert served.get("/readyz").json() == {"store": True, "backend": "inprocess"}
+    ready = wait_ready(served)
+    assert ready == {
+        "store": True,
+        "backend": "inprocess",
+        "state": "ready",
+        "pending": 0,
+        "failed": [],
+        "detail": None,
+    }
 
 
 def test_restart_registers_stored_versions_again(settings: Settings, checkpoint: Path) -> None:
     with TestClient(create_app(settings)) as first:
         assert first.post("/convert", **convert_form(checkpoint)).status_code == 201
     with TestClient(create_app(settings)) as second:
+        wait_ready(second)
         response = second.post("/predict/tiny", content=png_bytes(), headers={"Content-Type": "image/png"})
         assert response.status_code == 200 and response.json()["version"] == 1
 

@@ -13,7 +13,7 @@ from service.app import create_app
 from service.config import Settings
 from service.store import MetadataStore
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, model_input, png_bytes, training_probabilities
+from tests.helpers import convert_form, model_input, png_bytes, training_probabilities, wait_ready
 
 BF16 = '{"precision": "bf16", "channels_last": false}'
 
@@ -67,6 +67,7 @@ def test_restart_serves_each_version_with_its_options(settings: Settings, checkp
     with TestClient(create_app(settings)) as first:
         assert first.post("/convert", **convert_form(checkpoint, serving=BF16)).status_code == 201
     with TestClient(create_app(settings)) as second:
+        wait_ready(second)
         assert served_options(second, "tiny", 1).precision == "bf16"
 
 

@@ -16,7 +16,7 @@ from service.app import create_app
 from service.backends.torchserve_process import find_java_home, torchserve_executable
 from service.config import Settings
 from tests.helpers import SERVICE_SPEC as TINY
-from tests.helpers import convert_form, model_input, png_bytes, randomize_
+from tests.helpers import convert_form, model_input, png_bytes, randomize_, wait_ready
 
 pytestmark = pytest.mark.skipif(
     find_java_home() is None or torchserve_executable() is None,
@@ -85,7 +85,7 @@ def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> No
             )
 
     with TestClient(create_app(settings)) as client:
-        assert client.get("/readyz").json() == {"store": True, "backend": "torchserve"}
+        assert wait_ready(client)["backend"] == "torchserve"
         converted = client.post("/convert", **convert_form(checkpoint, name="a0", spec=SPEC))
         assert converted.status_code == 201, converted.text
         posted = client.post("/predict/a0?top_k=5", content=image, headers={"Content-Type": "image/png"})
@@ -114,6 +114,7 @@ def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> No
     with TestClient(
         create_app(settings)
     ) as restarted:  # a fresh TorchServe: versions re-registered from the store
+        assert wait_ready(restarted)["pending"] == 0
         again = restarted.post("/predict/a0", content=image, headers={"Content-Type": "image/png"})
         assert again.status_code == 200
         check(again.json(), image)
