@@ -61,6 +61,10 @@ class TorchServeBackend:
         """A managed TorchServe: started, and answering /ping, or stopped again and an error raised."""
         if self.process is None:
             return
+        for leftover in self.settings.resolved_model_store.glob(
+            "*.mar"
+        ):  # every registration rebuilds its own
+            leftover.unlink(missing_ok=True)
         try:
             await asyncio.to_thread(self.process.spawn)
             await self._wait_answering(self.process)
@@ -155,9 +159,13 @@ class TorchServeBackend:
                 "startup_timeout": self.settings.model_startup_timeout_s,
             }
             timeout = self.settings.model_startup_timeout_s + 60
-            status, text = await self._management("POST", "/models", params=params, timeout=timeout)
-            if status >= 300:
-                raise BackendUnavailable(f"TorchServe refused {model}: {status} {text.strip()}")
+            try:
+                status, text = await self._management("POST", "/models", params=params, timeout=timeout)
+                if status >= 300:
+                    raise BackendUnavailable(f"TorchServe refused {model}: {status} {text.strip()}")
+            except BaseException:
+                mar.unlink(missing_ok=True)  # no archive outlives a failed registration
+                raise
             log.info("registered %s with TorchServe", model)
 
     async def unregister(self, name: str, version: int) -> None:
