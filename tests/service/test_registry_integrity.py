@@ -4,6 +4,10 @@ no architecture swapped under a name, bounded tolerances, and a clean state afte
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,8 +17,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.store import MetadataStore
+from tests.helpers import ROOT, convert_form, make_checkpoint, wait_for
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, make_checkpoint
 
 
 def test_version_numbers_are_never_reused(client: TestClient, checkpoint: Path, tmp_path: Path) -> None:
@@ -117,3 +121,62 @@ def test_deleting_the_last_version_of_a_digest_leaves_no_empty_folders(
     client.post("/convert", **convert_form(checkpoint))
     assert client.delete("/models/tiny/versions/1").status_code == 204
     assert list((settings.resolved_artifacts_dir / "sha256").iterdir()) == []
+
+
+def test_killed_mid_conversion_restarts_clean(tmp_path: Path) -> None:
+    """SIGKILL of the service (``python -m service.main``) while a conversion runs: the restart fails
+    the job, removes the upload and staging folders, and stores no version."""
+    data = tmp_path / "data"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "REPARAM_DATA_DIR": str(data),
+        "REPARAM_PORT": str(port),
+        "REPARAM_BACKEND": "inprocess",
+        "REPARAM_DEVICE": "cpu",
+        "REPARAM_EXPORT_PROGRAM": "false",
+    }
+    env.pop("REPARAM_API_TOKEN", None)
+    base = f"http://127.0.0.1:{port}"
+    spec = {"family": "repvgg", "variant": "B1", "num_classes": 10, "input_size": [256, 256]}  # a slow gate
+    checkpoint = make_checkpoint(tmp_path / "b1.pth", spec=spec)
+
+    def serve() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-m", "service.main"], cwd=ROOT, env=env)
+        wait_for(lambda: _answers(f"{base}/healthz") or None)
+        return process
+
+    first = serve()
+    try:
+        accepted = httpx.post(
+            f"{base}/convert?wait=false", timeout=120, **convert_form(checkpoint, spec=spec)
+        )
+        job = accepted.json()["status_url"]
+        wait_for(lambda: httpx.get(f"{base}{job}").json()["status"] == "running" or None)
+        assert any((data / "artifacts" / "tmp").iterdir())  # the upload, mid-conversion
+    finally:
+        first.kill()
+        first.wait()
+    second = serve()
+    try:
+        status = httpx.get(f"{base}{job}").json()
+        assert status["status"] == "failed" and "interrupted" in status["result"]["detail"]
+        assert list((data / "artifacts" / "tmp").iterdir()) == []
+        assert httpx.get(f"{base}/models").json() == []
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
