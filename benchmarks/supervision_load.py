@@ -7,7 +7,9 @@ JPEG: scikit-image's "chelsea"). Once half the requests have been answered, Torc
 group is killed with SIGKILL (the pid file the service keeps names it). Reported: status counts,
 overall and during the outage (kill -> first 200 again); 5xx other than 503 (should be 0); the
 recovery time from the kill to the first 200 and to /readyz 200 (every version registered again);
-lost registrations (stored versions TorchServe does not list at the end); client latency.
+lost registrations (stored versions TorchServe does not list at the end); client latency. Then the
+service is restarted twice on the same data, registering the stored versions one at a time and two
+at a time: seconds to the port answering and to every version registered.
 
 Usage: python benchmarks/supervision_load.py [--requests 10000] [--concurrency 32] [--versions 3]
 Writes benchmarks/results/supervision_load_cpu.json.
@@ -44,7 +46,7 @@ SPEC = {
 }
 
 
-def start_service(data: Path, port: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_service(data: Path, port: int, **extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),  # the service and TorchServe's workers run this checkout
@@ -56,9 +58,10 @@ def start_service(data: Path, port: int) -> tuple[subprocess.Popen[bytes], dict[
         "REPARAM_TORCHSERVE_INFERENCE_PORT": str(free_port()),
         "REPARAM_TORCHSERVE_MANAGEMENT_PORT": str(free_port()),
         "REPARAM_TORCHSERVE_METRICS_PORT": str(free_port()),
+        **extra,
     }
     env.pop("REPARAM_API_TOKEN", None)
-    log = (data.parent / "service.log").open("wb")
+    log = (data.parent / "service.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "service.main"], cwd=ROOT, env=env, stdout=log, stderr=log
     )
@@ -146,11 +149,36 @@ async def load(base: str, body: bytes, args: argparse.Namespace, pid_file: Path)
         "5xx_other_than_503_during_outage": sum(1 for s in during if s >= 500 and s != 503),
         "503": statuses.count(503),
         "recovery_s": {
+            "readyz_503": events["noticed"] - killed,
             "first_200": recovered - killed,
             "all_versions_registered": events["all_registered"] - killed,
         },
         "latency_200": percentiles([end - start for start, end, status in answers if status == 200]),
     }
+
+
+def startup(data: Path, versions: int) -> list[dict[str, float]]:
+    """A restart with the stored versions: seconds to /healthz 200 (port open) and to /readyz 200
+    (every version registered), registering them one at a time and then two at a time."""
+    rows = []
+    for concurrency in (1, 2):
+        port = free_port()
+        started = time.monotonic()
+        server, _ = start_service(data, port, REPARAM_REGISTRATION_CONCURRENCY=str(concurrency))
+        try:
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            port_open = time.monotonic() - started
+            ready = wait_ready(f"http://127.0.0.1:{port}") - started
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        rows.append({"registration_concurrency": concurrency, "port_open_s": port_open, "ready_s": ready})
+    return rows
 
 
 def lost_registrations(management: str, versions: int) -> list[str]:
@@ -184,6 +212,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
+        results["startup"] = startup(data, args.versions)
     payload = {"environment": environment(), "spec": SPEC, "versions": args.versions, **results}
     path = write_json("supervision_load_cpu.json", payload)
     recovery = results["recovery_s"]
@@ -195,6 +224,9 @@ def main() -> None:
         f"{len(results['lost_registrations'])}; recovery: first 200 after {recovery['first_200']:.1f} s, "
         f"all {args.versions} versions registered after {recovery['all_versions_registered']:.1f} s"
     )
+    for row in results["startup"]:
+        at_a_time, port_open, ready = row["registration_concurrency"], row["port_open_s"], row["ready_s"]
+        print(f"restart, {at_a_time} at a time: port open {port_open:.1f} s, all registered {ready:.1f} s")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.metrics,
             on_give_up=app.state.on_give_up,
         )
-        supervisor.start()
+        await supervisor.start()
         log.info(
             "serving with the %s backend; stored versions are registered in the background", backend.name
         )

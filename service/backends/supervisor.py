@@ -64,7 +64,7 @@ class Supervisor:
         self.settings, self.backend, self.metadata = settings, backend, metadata
         self.artifacts, self.versions, self.metrics = artifacts, versions, metrics
         self.on_give_up = on_give_up
-        self.status = Status("pending", detail="registering the stored versions")
+        self.status = Status("pending", detail="not started")
         self._task: asyncio.Task[None] | None = None
         self._silent_checks = 0  # checks in a row the backend did not answer
         self._failed_restarts = 0
@@ -72,7 +72,10 @@ class Supervisor:
         self._seen: set[tuple[str, int]] = set()  # registrations seen since the backend (re)started
         self._slots = asyncio.Semaphore(settings.registration_concurrency)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Count the stored versions (all pending: the backend has just started), then supervise."""
+        stored = await asyncio.to_thread(self.metadata.versions)
+        self._report(stored, {})
         self._task = asyncio.get_running_loop().create_task(self._run(), name="supervisor")
 
     async def stop(self) -> None:

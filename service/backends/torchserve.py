@@ -88,9 +88,9 @@ class TorchServeBackend:
         )
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        session, self._session = self._session, None  # requests from now on open a new session
+        if session is not None:
+            await session.close()
         if self.process is not None:
             await asyncio.to_thread(self.process.stop)
 

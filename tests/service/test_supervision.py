@@ -37,8 +37,8 @@ pytestmark = pytest.mark.skipif(
     find_java_home() is None or torchserve_executable() is None,
     reason="needs Java and the torchserve package",
 )
-RECOVERY_S = 60  # TorchServe killed -> predictions answered again (measured here: 8-12 s)
-LOST_S = 30  # registration removed behind the service's back -> registered again (measured: 4-6 s)
+RECOVERY_S = 60  # TorchServe killed -> predictions answered again (about 5 s here, 6-13 s under heavier load)
+LOST_S = 30  # registration removed behind the service's back -> registered again (about 2-4 s here)
 GONE_S = 15  # the service ended -> not one process of its TorchServe left
 IMAGE = png_bytes()
 TORCHSERVE_APIS = ("INFERENCE", "MANAGEMENT", "METRICS")
