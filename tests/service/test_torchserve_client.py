@@ -1,17 +1,22 @@
-"""The TorchServe client's edges that need no TorchServe: requests racing a restart."""
+"""The TorchServe client's edges that need no TorchServe: requests racing a restart, a refused
+registration."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from reparam_core import convert
+from reparam_core.deploy import ServingOptions
 from service.backends.torchserve import TorchServeBackend
 from service.config import Settings
 from service.errors import BackendUnavailable
+from tests.helpers import SERVICE_SPEC, make_checkpoint
 
 
 def test_a_prediction_racing_a_restart_is_503_not_500(tmp_path: Path) -> None:
@@ -31,3 +36,25 @@ def test_a_prediction_racing_a_restart_is_503_not_500(tmp_path: Path) -> None:
         await backend.stop()
 
     asyncio.run(race())
+
+
+def test_a_refused_registration_leaves_no_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    artifacts = tmp_path / "artifacts"
+    convert(SERVICE_SPEC, make_checkpoint(tmp_path / "c.pth"), device="cpu").save(artifacts, export=False)
+    settings = Settings(data_dir=tmp_path / "data", torchserve_url="http://127.0.0.1:9")
+    backend = TorchServeBackend(settings)
+
+    async def refuse(method: str, path: str, timeout: float, params: Any = None) -> tuple[int, str]:
+        return (404, "") if method == "DELETE" else (507, "worker could not start")
+
+    monkeypatch.setattr(backend, "_management", refuse)
+
+    async def register() -> None:
+        try:
+            await backend.register("tiny", 1, artifacts, ServingOptions())
+        finally:
+            await backend.stop()
+
+    with pytest.raises(BackendUnavailable, match="507 worker could not start"):
+        asyncio.run(register())
+    assert list(settings.resolved_model_store.glob("*.mar")) == []
