@@ -124,6 +124,7 @@ class Supervisor:
         for name, version in sorted((self._seen & keys) - loaded.keys()):
             log.warning("%s v%d lost its registration with the backend: registering it again", name, version)
         self._seen = keys & loaded.keys()
+        self._retry = {key: retry for key, retry in self._retry.items() if key in keys}  # deleted since
         return wanted, loaded
 
     def _due(self, record: VersionRecord) -> bool:
