@@ -121,6 +121,11 @@ def _call(args: argparse.Namespace, method: str, path: str, **request: Any) -> A
     raise Failed(code, f"{method} {path}: {status} {detail or response.reason_phrase}", body)
 
 
+def _path(*parts: str) -> str:
+    """A URL path of these segments, each quoted whole (a name cannot reach another endpoint)."""
+    return "".join(f"/{quote(part, safe='')}" for part in parts)
+
+
 def _text(value: str) -> str:
     """``--spec``: the text of a file, or the value itself (JSON)."""
     if value.lstrip().startswith(("{", "[")) or "\n" in value:
@@ -156,12 +161,8 @@ def _convert(args: argparse.Namespace) -> tuple[Any, str]:
         f"equivalence {'passed' if report.get('passed') else 'failed'}, digest {body['digest'][:12]}"
     )
     if args.alias:
-        moved = _call(
-            args,
-            "PUT",
-            f"/models/{quote(args.name, safe='')}/aliases/{quote(args.alias, safe='')}",
-            json={"version": body["version"]},
-        )
+        path = _path("models", args.name, "aliases", args.alias)
+        moved = _call(args, "PUT", path, json={"version": body["version"]})
         body = {**body, "alias": moved}
         summary += f"\n{_moved(moved)}"
     return body, summary
@@ -180,7 +181,7 @@ def _predict(args: argparse.Namespace) -> tuple[Any, str]:
     for image in args.images:
         kind = IMAGE_TYPES.get(image.suffix.lower(), "image/jpeg")
         body = _call(
-            args, "POST", f"/predict/{quote(args.name, safe='')}", params=query, content=_read(image),
+            args, "POST", _path("predict", args.name), params=query, content=_read(image),
             headers={"Content-Type": kind},
         )  # fmt: skip
         answers.append(body)
@@ -194,7 +195,7 @@ def _predict(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _models(args: argparse.Namespace) -> tuple[Any, str]:
     if args.name:
-        body = _call(args, "GET", f"/models/{quote(args.name, safe='')}")
+        body = _call(args, "GET", _path("models", args.name))
         return body, _model_line(body)
     body = _call(args, "GET", "/models")
     return body, "\n".join(_model_line(model) for model in body) or "no models"
@@ -207,27 +208,21 @@ def _model_line(model: dict[str, Any]) -> str:
 
 
 def _alias(args: argparse.Namespace) -> tuple[Any, str]:
-    path = f"/models/{quote(args.name, safe='')}/aliases/{quote(args.alias, safe='')}"
+    path = _path("models", args.name, "aliases", args.alias)
     if args.delete == (args.version is not None):
         raise Failed(EXIT_INPUT, "give either a VERSION to point the alias at, or --delete")
     if args.delete:
         _call(args, "DELETE", path)
-        return {
-            "model": args.name,
-            "alias": args.alias,
-            "deleted": True,
-        }, f"{args.name}: {args.alias} removed"
+        removed = {"model": args.name, "alias": args.alias, "deleted": True}
+        return removed, f"{args.name}: {args.alias} removed"
     moved = _call(args, "PUT", path, json={"version": args.version})
     return moved, _moved(moved)
 
 
 def _delete(args: argparse.Namespace) -> tuple[Any, str]:
     if args.version is None:
-        _call(args, "DELETE", f"/models/{quote(args.name, safe='')}")
+        _call(args, "DELETE", _path("models", args.name))
         return {"model": args.name, "deleted": True}, f"deleted model {args.name} (every version)"
-    _call(args, "DELETE", f"/models/{quote(args.name, safe='')}/versions/{args.version}")
-    return {
-        "model": args.name,
-        "version": args.version,
-        "deleted": True,
-    }, f"deleted {args.name} v{args.version}"
+    _call(args, "DELETE", _path("models", args.name, "versions", str(args.version)))
+    deleted = {"model": args.name, "version": args.version, "deleted": True}
+    return deleted, f"deleted {args.name} v{args.version}"
