@@ -20,7 +20,7 @@ from .jobs import Conversions
 from .limits import BodyLimits, Pace
 from .metrics import CountRequests, Metrics
 from .openapi import install_openapi
-from .routes import convert, health, models, predict
+from .routes import aliases, convert, health, models, predict
 from .store import ArtifactStore, MetadataStore, VersionCache, artifact_store_from_settings
 
 log = logging.getLogger("reparam.service")
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.on_give_up = None  # what the server does when the supervisor gives up (``main.run``)
     install_handlers(app)
     install_openapi(app)
-    for module in (convert, models, predict, health):
+    for module in (convert, models, aliases, predict, health):
         app.include_router(module.router)
     s = app.state.settings
     app.add_middleware(

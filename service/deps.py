@@ -6,9 +6,10 @@ dependency per request for what is an attribute lookup.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from .backends.base import InferenceBackend
 from .backends.supervisor import Supervisor
@@ -50,6 +51,24 @@ async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
+async def _actor(
+    request: Request,
+    x_reparam_actor: Annotated[
+        str | None,
+        Header(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$",
+            description="who makes this change, for the alias history (default: the token's fingerprint)",
+        ),
+    ] = None,
+) -> str:
+    """Who a change is recorded as: the ``X-Reparam-Actor`` header, else ``token:`` and the first 8
+    hex digits of the token's sha256 (the token TokenGate checked), else ``anonymous``."""
+    if x_reparam_actor:
+        return x_reparam_actor
+    token = request.app.state.settings.api_token
+    return f"token:{hashlib.sha256(token.encode()).hexdigest()[:8]}" if token else "anonymous"
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetadataDep = Annotated[MetadataStore, Depends(_metadata)]
 VersionsDep = Annotated[VersionCache, Depends(_versions)]
@@ -58,3 +77,4 @@ BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+ActorDep = Annotated[str, Depends(_actor)]

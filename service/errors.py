@@ -2,7 +2,7 @@
 
     ServiceError
     ├── NotFound             unknown model, version, job or artifact          404
-    ├── Conflict             another architecture under an existing model name 409
+    ├── Conflict             other architecture under a name; aliased version 409
     ├── UnsupportedMedia     a body type /predict does not take               415
     ├── BadInput             undecodable image, wrong tensor shape, ...       422
     └── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
@@ -72,7 +72,7 @@ WHY = {
     404: "no such model, version, job or artifact",
     405: "method not allowed (the Allow header lists those that are)",
     408: "request body too slow",
-    409: "another architecture under this model name",
+    409: "another architecture under this model name, or an alias points at the version",
     413: "request body over its size cap",
     415: "a body type this endpoint does not take",
     422: "invalid parameters or body",

@@ -213,12 +213,20 @@ class Conversions:
 
     async def delete(self, name: str, version: int) -> VersionRecord | None:
         """Retire the version first (its requests get 404 from now on, the supervisor leaves it
-        alone), then unregister it (requests under way are answered at once), then drop its row."""
+        alone, no alias can be pointed at it), refuse (409) while an alias points at it, then
+        unregister it (requests under way are answered at once), then drop its row."""
         record = await asyncio.to_thread(self.metadata.get_version, name, version)
         if record is None or self.versions.retired(record):
             return None
         self.versions.retire(record)
         try:
+            aliases = await asyncio.to_thread(self.metadata.aliases, name)
+            pointing = sorted(a for a, target in aliases.get(name, {}).items() if target.version == version)
+            if pointing:
+                raise Conflict(
+                    f"version {version} of model {name!r} is where alias {', '.join(pointing)} points: "
+                    "move or delete the alias first"
+                )
             await self.backend.unregister(name, version)
         except BaseException:
             self.versions.reinstate(record)
@@ -227,6 +235,18 @@ class Conversions:
         self.versions.forget(name)
         self.metrics.models_registered.dec()
         return record
+
+    async def delete_model(self, name: str, who: str) -> list[VersionRecord] | None:
+        """Remove the model's aliases, then delete its versions one by one (a failure leaves the rest:
+        the request can be repeated). None when it has no versions."""
+        records = [
+            r for r in await asyncio.to_thread(self.metadata.versions, name) if not self.versions.retired(r)
+        ]
+        if not records:
+            return None
+        await asyncio.to_thread(self.metadata.drop_aliases, name, who)
+        self.versions.forget(name)
+        return [record for record in records if await self.delete(name, record.version) is not None]
 
     async def start_job(self, request: ConversionRequest) -> str:
         """Queue a conversion and return its job id at once (the caller polls ``/jobs/{id}``)."""

@@ -1,4 +1,4 @@
-"""The versioned registry: list, describe, download, delete."""
+"""The versioned registry: list, describe, download, delete (a version or a whole model)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from ..auth import BEARER
-from ..deps import ArtifactsDep, ConversionsDep, MetadataDep
+from ..deps import ActorDep, ArtifactsDep, ConversionsDep, MetadataDep
 from ..errors import NotFound, responses
 from ..store import VersionRecord
 from ..store.artifacts import FILES
+from ..store.metadata import AliasRecord
 from .params import ModelName, VersionNumber
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -26,10 +27,19 @@ class VersionSummary(BaseModel):
     created_at: str
 
 
+class AliasSummary(BaseModel):
+    version: int
+    moved_by: str
+    moved_at: str
+
+
 class ModelSummary(BaseModel):
     model: str
     latest: int
     versions: list[VersionSummary]
+    aliases: dict[str, AliasSummary] = Field(
+        description="alias name: the version it points at, who moved it when"
+    )
 
 
 class VersionDetail(VersionSummary):
@@ -56,23 +66,49 @@ def describe(record: VersionRecord) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Every model with its versions", response_model=list[ModelSummary])
+def _model(name: str, records: list[VersionRecord], aliases: dict[str, AliasRecord]) -> dict[str, Any]:
+    return {
+        "model": name,
+        "latest": records[-1].version,
+        "versions": [r.summary() for r in records],
+        "aliases": {alias: record.summary() for alias, record in aliases.items()},
+    }
+
+
+@router.get("", summary="Every model with its versions and aliases", response_model=list[ModelSummary])
 async def list_models(metadata: MetadataDep) -> list[dict[str, Any]]:
     grouped: dict[str, list[VersionRecord]] = {}
     for record in await asyncio.to_thread(metadata.versions):
         grouped.setdefault(record.name, []).append(record)
-    return [
-        {"model": name, "latest": records[-1].version, "versions": [r.summary() for r in records]}
-        for name, records in grouped.items()
-    ]
+    aliases = await asyncio.to_thread(metadata.aliases)
+    return [_model(name, records, aliases.get(name, {})) for name, records in grouped.items()]
 
 
-@router.get("/{name}", summary="One model's versions", response_model=ModelSummary, responses=responses(404))
+@router.get(
+    "/{name}",
+    summary="One model's versions and aliases",
+    response_model=ModelSummary,
+    responses=responses(404),
+)
 async def get_model(name: ModelName, metadata: MetadataDep) -> dict[str, Any]:
     records = await asyncio.to_thread(metadata.versions, name)
     if not records:
         raise NotFound(f"no model named {name!r}")
-    return {"model": name, "latest": records[-1].version, "versions": [r.summary() for r in records]}
+    return _model(name, records, (await asyncio.to_thread(metadata.aliases, name)).get(name, {}))
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    dependencies=[BEARER],
+    summary="Delete a model: its aliases, then every version (unregistered; unshared artifacts go)",
+    description="The version numbers stay taken: a later conversion under this name continues them.",
+    responses=responses(401, 404, 409, 503),
+)
+async def delete_model(name: ModelName, conversions: ConversionsDep, actor: ActorDep) -> Response:
+    if await conversions.delete_model(name, actor) is None:
+        raise NotFound(f"no model named {name!r}")
+    return Response(status_code=204)
 
 
 async def _version(metadata: MetadataDep, name: str, version: int) -> VersionRecord:
@@ -120,7 +156,8 @@ async def download(
     status_code=204,
     dependencies=[BEARER],
     summary="Unregister and delete a version (artifacts go when no version uses them)",
-    responses=responses(401, 404, 503),
+    description="Refused with 409 while an alias points at the version: move or delete the alias first.",
+    responses=responses(401, 404, 409, 503),
 )
 async def delete_version(name: ModelName, version: VersionNumber, conversions: ConversionsDep) -> Response:
     if await conversions.delete(name, version) is None:

@@ -42,10 +42,12 @@ class TensorRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="overrides the query's top_k")
 
 
-async def _resolve(versions: VersionsDep, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
-    """The version to serve (the latest unless one is asked for) and its architecture spec."""
+async def _resolve(versions: VersionsDep, name: str, version: int | str | None) -> tuple[int, dict[str, Any]]:
+    """The version to serve (asked for by number or alias, else the default) and its spec."""
     record = await versions.get(name, version)
     if record is None:
+        if isinstance(version, str):
+            raise NotFound(f"no alias {version!r} of model {name!r} (or its version is being deleted)")
         what = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
         raise NotFound(f"no {what}")
     return record.version, record.spec
@@ -115,8 +117,8 @@ async def predict_get(
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
+    version: VersionQuery,
     top_k: TopK = 5,
-    version: VersionQuery = None,
 ) -> JSONResponse:
     started = time.perf_counter()
     resolved = await _resolve(versions, name, version)
@@ -148,8 +150,8 @@ async def predict_post(
     backend: BackendDep,
     metrics: MetricsDep,
     settings: SettingsDep,
+    version: VersionQuery,
     top_k: TopK = 5,
-    version: VersionQuery = None,
 ) -> JSONResponse:
     started = time.perf_counter()
     resolved = await _resolve(versions, name, version)

@@ -6,6 +6,11 @@ spec + serving options under one name is one version, enforced by a unique index
 identical insert finds the row that won (``add_version`` answers ``created=False``). Columns and
 indexes added after a database was created are added to it at start-up (``_upgrade``); rows
 written before the ``serving`` column existed read as served with the default options.
+
+Aliases (``production``, ``default``, ...) name one version of a model each; every move (a set, a
+change, a removal) is kept in ``alias_moves`` with who made it and when. An alias is written and a
+version deleted under the model's row lock (``_lock``), so an alias never points at a missing version.
+Tables added after a database was created are created at start-up (``create_all``).
 """
 
 from __future__ import annotations
@@ -92,6 +97,31 @@ class _Version(_Base):
 _VERSIONS: Table = _Version.__table__  # type: ignore[assignment]
 
 
+class _Alias(_Base):
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    moved_by: Mapped[str] = mapped_column(String(64))
+    moved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class _AliasMove(_Base):
+    """One move of an alias: ``from_version`` None when it was set, ``to_version`` None when removed."""
+
+    __tablename__ = "alias_moves"
+    __table_args__ = (Index("alias_moves_by_alias", "name", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(64))
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    moved_by: Mapped[str] = mapped_column(String(64))
+    moved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def serving_digest(serving: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(serving, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -129,6 +159,38 @@ class VersionRecord:
         }
 
 
+def _utc(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite drops the zone
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    alias: str
+    version: int
+    moved_by: str
+    moved_at: dt.datetime
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "moved_by": self.moved_by, "moved_at": self.moved_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    moved_by: str
+    moved_at: dt.datetime
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "from": self.from_version,
+            "to": self.to_version,
+            "moved_by": self.moved_by,
+            "moved_at": self.moved_at.isoformat(),
+        }
+
+
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
 
@@ -151,8 +213,12 @@ def _record(row: _Version) -> VersionRecord:
         report=row.report,
         timings=row.timings,
         serving=row.serving if row.serving is not None else ServingOptions().model_dump(mode="json"),
-        created_at=row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.UTC),
+        created_at=_utc(row.created_at),
     )
+
+
+def _alias_record(row: _Alias) -> AliasRecord:
+    return AliasRecord(row.alias, row.version, row.moved_by, _utc(row.moved_at))
 
 
 def _upgrade(engine: Engine) -> None:
@@ -277,15 +343,107 @@ class MetadataStore:
             return [_record(row) for row in s.scalars(query)]
 
     def delete_version(self, name: str, version: int) -> VersionRecord | None:
+        """Delete a version row. The service refuses first while an alias points at it; an alias set
+        in the meantime (by another replica) goes with the version, as a recorded move."""
         with self._session() as s:
+            self._lock(s, name)
             row = s.scalars(
                 select(_Version).where(_Version.name == name, _Version.version == version)
             ).first()
             if row is None:
                 return None
             record = _record(row)
+            self._drop_aliases(s, name, f"deleting v{version}", version)
             s.delete(row)
             return record
+
+    def drop_aliases(self, name: str, who: str) -> None:
+        """Remove every alias of ``name`` (recorded as moves by ``who``): the start of a model's deletion."""
+        with self._session() as s:
+            self._lock(s, name)
+            self._drop_aliases(s, name, who)
+
+    @staticmethod
+    def _lock(s: Session, name: str) -> None:
+        """Hold ``name``'s ``models`` row for this transaction: alias writes and deletes of one model
+        take turns (a row lock on PostgreSQL, the write lock on SQLite)."""
+        locked: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            update(_Model).where(_Model.name == name).values(last_version=_Model.last_version)
+        )
+        if locked.rowcount == 0:  # a database from before `models`
+            latest = s.scalar(select(func.max(_Version.version)).where(_Version.name == name))
+            if latest is not None:
+                s.add(_Model(name=name, last_version=latest))
+                s.flush()
+
+    @staticmethod
+    def _drop_aliases(s: Session, name: str, who: str, version: int | None = None) -> None:
+        """Remove ``name``'s aliases (those pointing at ``version`` only, when given), recording it."""
+        query = select(_Alias).where(_Alias.name == name)
+        for row in s.scalars(query if version is None else query.where(_Alias.version == version)):
+            s.add(
+                _AliasMove(
+                    name=name, alias=row.alias, from_version=row.version, moved_by=who, moved_at=_now()
+                )
+            )
+            s.delete(row)
+
+    def set_alias(
+        self, name: str, alias: str, version: int, who: str
+    ) -> tuple[AliasRecord, int | None] | None:
+        """Point ``alias`` at ``version``: ``(the alias, the version it pointed at before)``, or None
+        when there is no such version. Setting it to where it points already changes nothing."""
+        with self._session() as s:
+            self._lock(s, name)
+            exists = s.scalar(select(func.count()).where(_Version.name == name, _Version.version == version))
+            if not exists:
+                return None
+            row = s.get(_Alias, (name, alias))
+            previous = row.version if row is not None else None
+            if row is not None and row.version == version:
+                return _alias_record(row), previous
+            if row is None:
+                row = _Alias(name=name, alias=alias)
+                s.add(row)
+            row.version, row.moved_by, row.moved_at = version, who, _now()
+            s.add(_AliasMove(name=name, alias=alias, from_version=previous, to_version=version,
+                             moved_by=who, moved_at=row.moved_at))  # fmt: skip
+            s.flush()
+            return _alias_record(row), previous
+
+    def delete_alias(self, name: str, alias: str, who: str) -> AliasRecord | None:
+        with self._session() as s:
+            self._lock(s, name)
+            row = s.get(_Alias, (name, alias))
+            if row is None:
+                return None
+            record = _alias_record(row)
+            s.add(_AliasMove(name=name, alias=alias, from_version=row.version, moved_by=who, moved_at=_now()))
+            s.delete(row)
+            return record
+
+    def aliases(self, name: str | None = None) -> dict[str, dict[str, AliasRecord]]:
+        """``{model: {alias: record}}``, of one model or of all."""
+        with self._session() as s:
+            query = select(_Alias).order_by(_Alias.name, _Alias.alias)
+            grouped: dict[str, dict[str, AliasRecord]] = {}
+            for row in s.scalars(query if name is None else query.where(_Alias.name == name)):
+                grouped.setdefault(row.name, {})[row.alias] = _alias_record(row)
+            return grouped
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        with self._session() as s:
+            row = s.get(_Alias, (name, alias))
+            return row.version if row is not None else None
+
+    def alias_history(self, name: str, alias: str) -> list[AliasMove]:
+        """Every move of the alias, oldest first (kept after the alias or the model is deleted)."""
+        with self._session() as s:
+            query = select(_AliasMove).where(_AliasMove.name == name, _AliasMove.alias == alias)
+            return [
+                AliasMove(row.alias, row.from_version, row.to_version, row.moved_by, _utc(row.moved_at))
+                for row in s.scalars(query.order_by(_AliasMove.id))
+            ]
 
     def digest_in_use(self, digest: str) -> bool:
         with self._session() as s:

@@ -1,7 +1,9 @@
 """Recently resolved versions, so ``/predict`` does not query the database on every request.
 
-An entry lives ``ttl`` seconds: a version added or deleted by another replica is seen within that
-time. This process's own conversions and deletions drop the model's entries at once. Misses (no
+A version is asked for by number, by alias, or not at all: then the ``default`` alias answers when
+set, else the latest version. An entry lives ``ttl`` seconds: a version added or deleted, or an alias
+moved, by another replica is seen within that time. This process's own conversions, deletions and
+alias moves drop the model's entries at once. Misses (no
 such model or version) are not cached. A version being deleted is ``retire``d first: from then on
 this process neither serves it nor registers it again, though its row may still exist.
 """
@@ -14,6 +16,8 @@ import time
 
 from .metadata import MetadataStore, VersionRecord
 
+DEFAULT_ALIAS = "default"  # the version served when none is asked for; else the latest
+
 
 def _identity(record: VersionRecord) -> tuple[str, int, dt.datetime]:
     """A version's row: a later version given the same number (after a delete) is another row."""
@@ -23,11 +27,11 @@ def _identity(record: VersionRecord) -> tuple[str, int, dt.datetime]:
 class VersionCache:
     def __init__(self, metadata: MetadataStore, ttl: float) -> None:
         self.metadata, self.ttl = metadata, ttl
-        self._entries: dict[tuple[str, int | None], tuple[float, VersionRecord]] = {}
+        self._entries: dict[tuple[str, int | str | None], tuple[float, VersionRecord]] = {}
         self._retired: set[tuple[str, int, dt.datetime]] = set()  # one small entry per deletion
 
-    async def get(self, name: str, version: int | None) -> VersionRecord | None:
-        """Version ``version`` of ``name``, or its latest when ``version`` is None."""
+    async def get(self, name: str, version: int | str | None) -> VersionRecord | None:
+        """Version ``version`` of ``name`` (a number or an alias), or its default one when None."""
         key = (name, version)
         now = time.monotonic()
         hit = self._entries.get(key)
@@ -40,7 +44,12 @@ class VersionCache:
             self._entries[key] = (now, record)
         return record
 
-    def _lookup(self, name: str, version: int | None) -> VersionRecord | None:
+    def _lookup(self, name: str, version: int | str | None) -> VersionRecord | None:
+        if isinstance(version, str) or version is None:
+            number = self.metadata.alias_version(name, version or DEFAULT_ALIAS)
+            if isinstance(version, str) and number is None:
+                return None
+            version = number
         record = self.metadata.get_version(name, version)
         if record is None or not self.retired(record):
             return record

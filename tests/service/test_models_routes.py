@@ -22,7 +22,7 @@ def test_list_describe_download_delete(
     assert client.post("/convert", **convert_form(second)).json()["version"] == 2
 
     listing = client.get("/models").json()
-    assert listing == [{"model": "tiny", "latest": 2, "versions": listing[0]["versions"]}]
+    assert listing == [{"model": "tiny", "latest": 2, "versions": listing[0]["versions"], "aliases": {}}]
     assert [v["version"] for v in listing[0]["versions"]] == [1, 2]
 
     detail = client.get("/models/tiny/versions/1").json()
