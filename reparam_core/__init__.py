@@ -50,6 +50,7 @@ _LAZY = {
     "fusion.swap": ("count_convs", "reparameterize"),
     "reference": ("Reference", "make_reference", "read_reference"),
     "gate": ("ServingReport",),
+    "labels": ("STANDARD_LABEL_SETS", "standard_labels"),
 }
 _SOURCE = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -103,10 +104,12 @@ if TYPE_CHECKING:
     from .equivalence import EquivalenceReport, check_equivalence, resolve_device
     from .fusion.swap import count_convs, reparameterize
     from .gate import ServingReport
+    from .labels import STANDARD_LABEL_SETS, standard_labels
     from .reference import Reference, make_reference, read_reference
 
 __all__ = [
     "BLOCKS",
+    "STANDARD_LABEL_SETS",
     "ArchSpec",
     "CheckpointError",
     "ConvLayerSpec",
@@ -146,4 +149,5 @@ __all__ = [
     "register_block",
     "reparameterize",
     "resolve_device",
+    "standard_labels",
 ]

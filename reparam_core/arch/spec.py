@@ -21,6 +21,7 @@ from ..blocks import BLOCKS
 from ..deploy.preprocess import Preprocess
 from ..deploy.spec import PaddingMode
 from ..errors import SpecError, describe_validation_error
+from ..labels import standard_labels
 from ..layers import ACTIVATIONS
 from . import mobileone, vgg  # noqa: F401  (registers the families)
 from .bounds import (
@@ -59,7 +60,9 @@ class ArchSpec(BaseModel):
     )
     block_options: dict[str, Any] = Field(default_factory=dict)
     preprocess: Preprocess = Field(default_factory=Preprocess)
-    labels: list[str] | None = None
+    labels: list[str] | None = Field(
+        default=None, description="class names, or a standard set's name: 'imagenet-1k'"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +79,11 @@ class ArchSpec(BaseModel):
         if given.get("resize") is not None:
             defaults.pop("crop_pct", None)
         return {**data, "preprocess": {**defaults, **given}}
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _standard_labels(cls, value: Any) -> Any:
+        return list(standard_labels(value)) if isinstance(value, str) else value
 
     @field_validator("family", mode="before")
     @classmethod

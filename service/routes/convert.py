@@ -19,6 +19,7 @@ from ..auth import BEARER
 from ..config import Settings
 from ..deps import ConversionsDep, MetadataDep, SettingsDep
 from ..errors import NotFound, responses
+from ..form_parts import TextPart, parse_labels, text_of
 from ..jobs import ConversionOutcome, ConversionRequest, Upload
 from ..store import VersionRecord
 from ..store.metadata import JobState
@@ -28,10 +29,13 @@ router = APIRouter(tags=["convert"])
 MAX_TOLERANCE = 1e-3  # looser than this proves nothing about a float64 fusion
 
 
-def _affordable_spec(text: str, settings: Settings) -> ArchSpec:
-    """The spec, parsed off the event loop, refused when its deploy net costs more than this
-    service converts (``REPARAM_MAX_CONVERSION_GMACS`` / ``REPARAM_MAX_CONVERSION_PARAMS``)."""
+def _affordable_spec(text: str, labels: list[str] | str | None, settings: Settings) -> ArchSpec:
+    """The spec (with ``labels`` in place of its own, when given), parsed off the event loop, refused
+    when its deploy net costs more than this service converts (``REPARAM_MAX_CONVERSION_GMACS`` /
+    ``REPARAM_MAX_CONVERSION_PARAMS``)."""
     arch = parse_spec(text)
+    if labels is not None:
+        arch = parse_spec({**arch.model_dump(), "labels": labels})
     cost = estimate_cost(arch)
     if cost.macs > settings.max_conversion_gmacs * 1e9 or cost.params > settings.max_conversion_params:
         raise SpecError(
@@ -142,9 +146,10 @@ async def convert_checkpoint(
         UploadFile, File(description=".safetensors, .pt/.pth/.tar (read with weights_only)")
     ],
     spec: Annotated[
-        str,
+        TextPart,
         Form(
-            min_length=1, description='JSON, e.g. {"family": "repvgg", "variant": "A0", "num_classes": 1000}'
+            description='JSON or YAML, as text or a file, e.g. {"family": "repvgg", "variant": "A0", '
+            '"num_classes": 1000}'
         ),
     ],
     name: Annotated[str, Form(pattern=NAME_PATTERN, description="model name: letters, digits, '_' and '-'")],
@@ -155,10 +160,11 @@ async def convert_checkpoint(
         Form(gt=0, le=MAX_TOLERANCE, allow_inf_nan=False, description="max fp64 relative error"),
     ] = None,
     serving: Annotated[
-        str | None,
+        TextPart | None,
         Form(
-            description='serving options, JSON, e.g. {"precision": "fp16", "channels_last": true, '
-            '"compile": true}; fields: precision (fp32|fp16|bf16), channels_last, inference_mode, '
+            description='serving options, JSON (text or a file), e.g. {"precision": "fp16", '
+            '"channels_last": true, "compile": true}; fields: precision (fp32|fp16|bf16), channels_last, '
+            "inference_mode, "
             "compile, compile_mode, warmup_iterations"
         ),
     ] = None,
@@ -173,14 +179,22 @@ async def convert_checkpoint(
             "[N,classes]: the deploy net is held to them too"
         ),
     ] = None,
+    labels: Annotated[
+        TextPart | None,
+        Form(
+            description="class names in place of the spec's labels, as text or a file: a JSON list, one "
+            "name per line, or a standard set's name (imagenet-1k); as many as num_classes"
+        ),
+    ] = None,
     new_architecture: Annotated[
         bool,
         Form(description="true: accept a net that differs from the model's latest version (else 409)"),
     ] = False,
     wait: Annotated[bool, Query(description="false: answer 202 at once with a job URL")] = True,
 ) -> Any:
-    arch = await asyncio.to_thread(_affordable_spec, spec, settings)
-    options = parse_serving(serving)
+    names = None if labels is None else parse_labels(await text_of(labels, "labels"))
+    arch = await asyncio.to_thread(_affordable_spec, await text_of(spec, "spec"), names, settings)
+    options = parse_serving(None if serving is None else await text_of(serving, "serving"))
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.resolved_artifacts_dir / "tmp"))
     try:
         filename = Path(checkpoint.filename or "checkpoint").name

@@ -215,3 +215,10 @@ def test_cost_estimate_is_exact_for_the_deploy_net(variant: str) -> None:
         deploy(torch.zeros(1, 3, 64, 96))
     params = sum(p.numel() for p in deploy.parameters())
     assert estimate_cost(spec) == (params, macs)
+
+
+def test_labels_may_name_a_standard_set() -> None:
+    spec = parse_spec({"family": "repvgg", "variant": "A0", "labels": "imagenet-1k"})
+    assert spec.labels is not None and len(spec.labels) == 1000 and spec.labels[0] == "tench"
+    with pytest.raises(SpecError, match="unknown label set 'imagenet-21k'; known: imagenet-1k"):
+        parse_spec({"family": "repvgg", "variant": "A0", "labels": "imagenet-21k"})

@@ -235,3 +235,43 @@ def test_weights_of_other_dtypes_are_400(
     torch.save({**state, key: convert_dtype(state[key])}, path)
     answer = client.post("/convert", **convert_form(path))
     assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
+
+
+def test_spec_serving_and_labels_may_be_files_or_text(client: TestClient, checkpoint: Path) -> None:
+    form = convert_form(checkpoint)
+    spec = form["data"].pop("spec").encode()
+    files = {
+        **form["files"],
+        "spec": ("spec.json", spec, "application/json"),
+        "serving": ("serving.json", b'{"precision": "fp32"}', "application/json"),
+        "labels": ("labels.txt", b"cat\ndog\nowl\nfox\n", "text/plain"),
+    }
+    made = client.post("/convert", files=files, data=form["data"])
+    assert made.status_code == 201, made.text
+    version = client.get(made.json()["links"]["self"]).json()
+    assert version["spec"]["labels"] == ["cat", "dog", "owl", "fox"]
+    as_text = client.post("/convert", **convert_form(checkpoint, labels='["a", "b", "c", "d"]'))
+    assert as_text.status_code == 201, as_text.text
+    assert client.get(as_text.json()["links"]["self"]).json()["spec"]["labels"] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "detail"),
+    [
+        ("a\nb", "2 labels for num_classes=4"),
+        ('["a", 1, "c", "d"]', "labels: a JSON list of strings"),
+        ("[oops", "labels: not a valid JSON list"),
+        ("imagenet-1k", "1000 labels for num_classes=4"),
+    ],
+)
+def test_bad_labels_are_422(client: TestClient, checkpoint: Path, labels: str, detail: str) -> None:
+    response = client.post("/convert", **convert_form(checkpoint, labels=labels))
+    assert response.status_code == 422 and detail in response.json()["detail"], response.text
+
+
+def test_a_non_utf8_spec_file_is_422(client: TestClient, checkpoint: Path) -> None:
+    form = convert_form(checkpoint)
+    form["data"].pop("spec")
+    files = {**form["files"], "spec": ("spec.json", b"\xff\xfe\x00bad", "application/json")}
+    response = client.post("/convert", files=files, data=form["data"])
+    assert response.status_code == 422 and "not UTF-8" in response.json()["detail"]

@@ -12,12 +12,13 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
+from reparam_core import standard_labels
 from reparam_core.arch import build_train_model
 from service.app import create_app
 from service.config import Settings
 from service.errors import BackendUnavailable
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, model_input, png_bytes, randomize_, wait_ready
+from tests.helpers import convert_form, make_checkpoint, model_input, png_bytes, randomize_, wait_ready
 
 
 @pytest.fixture()
@@ -199,3 +200,15 @@ def test_405_lists_every_method_of_the_path(served: TestClient) -> None:
 def test_metrics_document_their_content_type(served: TestClient) -> None:
     documented = served.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert served.get("/metrics").headers["content-type"].split(";")[0] in documented
+
+
+def test_a_standard_label_set_names_the_predictions(client: TestClient, tmp_path: Path) -> None:
+    spec = {**SPEC, "num_classes": 1000, "labels": "imagenet-1k"}
+    checkpoint = make_checkpoint(tmp_path / "imagenet.pth", spec)
+    made = client.post("/convert", **convert_form(checkpoint, name="in1k", spec=spec))
+    assert made.status_code == 201, made.text
+    png = {"Content-Type": "image/png"}
+    response = client.post("/predict/in1k?top_k=3", content=png_bytes(), headers=png)
+    names = standard_labels("imagenet-1k")
+    assert all(p["label"] == names[p["index"]] for p in response.json()["predictions"][0])
+    assert names[:2] == ("tench", "goldfish") and len(names) == 1000
