@@ -192,7 +192,8 @@ class TorchServeBackend:
             ) as response:
                 return response.status, await response.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendUnavailable(f"TorchServe management API unreachable: {exc!r}") from None
+            log.warning("TorchServe management API unreachable (%s %s): %r", method, path, exc)
+            raise BackendUnavailable("the inference backend's management API is unreachable") from None
 
     async def predict(self, name: str, version: int, batch: Tensor) -> Tensor:
         model = archive_name(name, version)
@@ -221,7 +222,8 @@ class TorchServeBackend:
                     raise BackendUnavailable(f"TorchServe answered {response.status} for {name} v{version}")
                 return await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendUnavailable(f"TorchServe unreachable: {exc!r}") from None
+            log.warning("TorchServe unreachable for %s: %r", model, exc)
+            raise BackendUnavailable("the inference backend is unreachable") from None
 
 
 def _seconds(total: float) -> aiohttp.ClientTimeout:

@@ -58,3 +58,23 @@ def test_a_refused_registration_leaves_no_archive(tmp_path: Path, monkeypatch: p
     with pytest.raises(BackendUnavailable, match="507 worker could not start"):
         asyncio.run(register())
     assert list(settings.resolved_model_store.glob("*.mar")) == []
+
+
+def test_an_unreachable_torchserve_is_a_plain_sentence_and_the_cause_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"  # nothing listens there
+
+    async def predict() -> None:
+        backend = TorchServeBackend(Settings(data_dir=tmp_path, torchserve_url=url))
+        try:
+            await backend.predict("m", 1, torch.zeros(1, 3, 4, 4))
+        finally:
+            await backend.stop()
+
+    with caplog.at_level("WARNING", logger="reparam.torchserve"), pytest.raises(BackendUnavailable) as raised:
+        asyncio.run(predict())
+    assert raised.value.detail == "the inference backend is unreachable"
+    assert "Error" in caplog.text  # the exception's repr goes to the log, not to the client
