@@ -207,9 +207,10 @@ def _cmd_convert_dir(args: argparse.Namespace) -> int:
         raise ReparamError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) in {args.checkpoints}")
     results: list[dict[str, Any]] = []
     code = EXIT_OK
+    folders = _output_folders(files)
     for path in files:
         try:
-            results.append(_convert_one(args, path, args.out / path.stem))
+            results.append(_convert_one(args, path, args.out / folders[path]))
         except EquivalenceError as exc:
             code = max(code, EXIT_GATE)
             results.append({"checkpoint": str(path), "error": str(exc), "exit_code": EXIT_GATE})
@@ -221,6 +222,19 @@ def _cmd_convert_dir(args: argparse.Namespace) -> int:
     else:
         _print_summary(results)
     return code
+
+
+def _output_folders(files: list[Path]) -> dict[Path, str]:
+    """Each checkpoint's output folder: its name without checkpoint suffixes (``best.pth.tar`` ->
+    ``best``), or its whole name where two files would share one (``a.pt``, ``a.pth``)."""
+    bare = {}
+    for path in files:
+        name = path.name
+        while Path(name).suffix in CHECKPOINT_SUFFIXES and Path(name).stem:
+            name = Path(name).stem
+        bare[path] = name
+    shared = {name for name in bare.values() if list(bare.values()).count(name) > 1}
+    return {path: path.name if name in shared else name for path, name in bare.items()}
 
 
 def _print_summary(results: list[dict[str, Any]]) -> None:

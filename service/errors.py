@@ -3,6 +3,7 @@
     ServiceError
     ├── NotFound             unknown model, version, job or artifact          404
     ├── Conflict             other architecture under a name; aliased version 409
+    ├── URITooLong           a GET /predict image past its query limit          414
     ├── UnsupportedMedia     a body type /predict does not take               415
     ├── BadInput             undecodable image, wrong tensor shape, ...       422
     └── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
@@ -54,6 +55,10 @@ class BadInput(ServiceError):
     status = 422
 
 
+class URITooLong(ServiceError):
+    status = 414
+
+
 class BackendUnavailable(ServiceError):
     status = 503
     retry_after_s = 5
@@ -74,6 +79,7 @@ WHY = {
     408: "request body too slow",
     409: "another architecture under this model name, or an alias points at the version",
     413: "request body over its size cap",
+    414: "query too long: send the image in a POST body",
     415: "a body type this endpoint does not take",
     422: "invalid parameters or body",
     503: "inference backend unavailable (transient; see Retry-After)",

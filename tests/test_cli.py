@@ -131,6 +131,20 @@ def test_convert_dir_reports_each_file(
     ).exists()
 
 
+def test_convert_dir_names_folders_without_checkpoint_suffixes(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for name in ("model_best.pth.tar", "a.pt", "a.pth"):
+        (folder / name).write_bytes(checkpoint.read_bytes())
+    out = tmp_path / "out"
+    args = ["convert-dir", "--spec", json.dumps(TINY), "--checkpoints", str(folder), "--out", str(out)]
+    main([*args, "--no-export", "--json"])
+    capsys.readouterr()
+    assert {p.name for p in out.iterdir()} == {"model_best", "a.pt", "a.pth"}
+
+
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "reparam_core.cli", "--help"], capture_output=True, text=True, check=False

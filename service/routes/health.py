@@ -14,10 +14,31 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from reparam_core import __version__
 
 from ..deps import BackendDep, MetadataDep, MetricsDep, SupervisorDep
 
 router = APIRouter(tags=["health"])
+
+
+class Index(BaseModel):
+    service: str
+    version: str
+    links: dict[str, str]
+
+
+@router.get("/", summary="What this service is, and where to look", response_model=Index)
+async def index() -> Index:
+    links = {
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "models": "/models",
+        "readiness": "/readyz",
+        "metrics": "/metrics",
+    }
+    return Index(service="reparam", version=__version__, links=links)
 
 
 @router.get("/healthz", summary="The process is alive and its backend supervised (503: given up)")

@@ -14,12 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
-from ..errors import BackendUnavailable, BadInput, NotFound, UnsupportedMedia, describe_problems, responses
+from ..errors import (
+    BackendUnavailable,
+    BadInput,
+    NotFound,
+    UnsupportedMedia,
+    URITooLong,
+    describe_problems,
+    responses,
+)
 from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
 from .params import ModelName, VersionQuery
 
 router = APIRouter(tags=["predict"])
 MAX_TOP_K = 100
+MAX_QUERY_IMAGE = 32 * 1024  # base64 characters: URLs past ~48 kB are refused by HTTP servers
 
 
 class Prediction(BaseModel):
@@ -107,13 +116,18 @@ ANSWERS: dict[int | str, dict[str, Any]] = {200: {"model": PredictionResponse}, 
 
 @router.get(
     "/predict/{name}",
-    summary="Classify an image given as URL-safe base64 in the query",
-    responses=ANSWERS,
+    summary=f"Classify an image given as URL-safe base64 in the query (at most {MAX_QUERY_IMAGE} characters)",
+    responses={**ANSWERS, **responses(404, 414, 503)},
     response_model=PredictionResponse,
 )
 async def predict_get(
     name: ModelName,
-    image: Annotated[str, Query(description="URL-safe base64 PNG, JPEG or WebP")],
+    image: Annotated[
+        str,
+        Query(
+            description=f"URL-safe base64 PNG, JPEG or WebP, at most {MAX_QUERY_IMAGE} characters (else 414)"
+        ),
+    ],
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
@@ -121,6 +135,10 @@ async def predict_get(
     top_k: TopK = 5,
 ) -> JSONResponse:
     started = time.perf_counter()
+    if len(image) > MAX_QUERY_IMAGE:
+        raise URITooLong(
+            f"image of {len(image)} base64 characters in the query: at most {MAX_QUERY_IMAGE}; POST it"
+        )
     resolved = await _resolve(versions, name, version)
     data = decode_base64_image(image)
     decode = lambda spec: image_to_pixels(data, spec["preprocess"], spec["in_channels"])  # noqa: E731

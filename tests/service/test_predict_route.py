@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -17,6 +20,7 @@ from reparam_core.arch import build_train_model
 from service.app import create_app
 from service.config import Settings
 from service.errors import BackendUnavailable
+from service.routes.predict import MAX_QUERY_IMAGE
 from tests.helpers import SERVICE_SPEC as SPEC
 from tests.helpers import convert_form, make_checkpoint, model_input, png_bytes, randomize_, wait_ready
 
@@ -212,3 +216,25 @@ def test_a_standard_label_set_names_the_predictions(client: TestClient, tmp_path
     names = standard_labels("imagenet-1k")
     assert all(p["label"] == names[p["index"]] for p in response.json()["predictions"][0])
     assert names[:2] == ("tench", "goldfish") and len(names) == 1000
+
+
+def test_a_query_image_past_its_limit_is_414_json(
+    settings: Settings, checkpoint: Path, live_server: Any
+) -> None:
+    with live_server(settings) as (host, port):
+        base = f"http://{host}:{port}"
+        assert httpx.post(f"{base}/convert", timeout=120, **convert_form(checkpoint)).status_code == 201
+        answer = httpx.get(f"{base}/predict/tiny?image={'A' * (MAX_QUERY_IMAGE + 1)}", timeout=30)
+        assert answer.status_code == 414 and "POST it" in answer.json()["detail"], answer.text[:200]
+        for size in (65_000, 200_000):  # past what the HTTP parser takes (httpx refuses such URLs)
+            with socket.create_connection((host, port), timeout=30) as raw:
+                raw.sendall(b"GET /predict/tiny?image=" + b"A" * size + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                head, _, body = raw.recv(65536).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 414") and b"POST" in body, head
+
+
+def test_the_root_says_what_the_service_is(client: TestClient) -> None:
+    index = client.get("/").json()
+    assert index["service"] == "reparam" and all(
+        client.get(link).status_code == 200 for link in index["links"].values() if link != "/readyz"
+    )
