@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from .arch import ArchSpec, build_train_model, parse_spec
-from .checkpoints import Weights, check_values, load_into, read_checkpoint
+from .checkpoints import Weights, check_values, fits, load_into, read_checkpoint
 from .deploy import DeploySpec, PlainNet, ServingOptions, build_deploy_model, write_artifacts
 from .equivalence import EquivalenceReport, resolve_device
-from .errors import EquivalenceError, SpecError
+from .errors import CheckpointError, EquivalenceError, SpecError
 from .fusion.row_blocks import fused_state_dict
 from .fusion.swap import count_convs, reparameterize
 from .gate import ServingReport, check_reference, check_serving, run_gate
@@ -87,6 +87,20 @@ class _Timer:
             self.timings[name] = round(time.perf_counter() - start, 6)
 
 
+def _fitting_presets(arch: ArchSpec, state: dict[str, Tensor]) -> str:
+    """``; it fits repvgg variant A1`` when another preset of the family has exactly these
+    tensors (a wrong ``variant`` otherwise shows as hundreds of shape mismatches), else ``""``."""
+    if arch.variant is None:
+        return ""
+    others = [
+        variant
+        for variant in arch.family_info.presets
+        if variant != arch.variant
+        and fits(build_train_model(arch.model_copy(update={"variant": variant}), device="meta"), state)
+    ]
+    return f"; it fits {arch.family} variant {' or '.join(others)}" if others else ""
+
+
 def convert(
     spec: ArchSpec | dict[str, Any] | str | Path,
     checkpoint: str | Path | bytes | dict[str, Tensor],
@@ -132,7 +146,10 @@ def convert(
             )
     with timer.stage("build"):
         model = build_train_model(arch, device="meta")
-        fmt = load_into(model, state, target)
+        try:
+            fmt = load_into(model, state, target)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}{_fitting_presets(arch, state)}") from None
         model.eval()
     with timer.stage("fuse"):
         fused = fused_state_dict(model, storage_dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor
@@ -133,3 +135,10 @@ def test_float64_checkpoints_keep_their_precision_through_the_gate() -> None:
             param.add_(torch.randn_like(param) * 1e-9)
     report = convert(TINY, model.state_dict(), tolerance=1e-12).report
     assert report.passed and all(r.max_rel_error <= 1e-12 for r in report.fp64)
+
+
+def test_a_wrong_variant_names_the_preset_the_checkpoint_fits(tmp_path: Path) -> None:
+    path = tmp_path / "a1.pth"
+    torch.save(build_train_model({"family": "repvgg", "variant": "A1", "num_classes": 10}).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*; it fits repvgg variant A1$"):
+        convert({"family": "repvgg", "variant": "A0", "num_classes": 10}, path, device="cpu")

@@ -56,6 +56,16 @@ def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) 
     return match.format
 
 
+def fits(model: nn.Module, state: dict[str, Tensor]) -> bool:
+    """Whether ``state`` (in any known layout) has exactly ``model``'s tensors, shapes included."""
+    expected = model.state_dict()
+    match = detect_format(state, expected)
+    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    return set(match.state) - optional == set(expected) - optional and all(
+        match.state[k].shape == expected[k].shape for k in match.state if k in expected
+    )
+
+
 def _check_dtypes(expected: dict[str, Tensor], mapped: dict[str, Tensor]) -> None:
     """Weights and statistics are real floats (integers, booleans, complex and float8 are not)."""
     wrong = [

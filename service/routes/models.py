@@ -24,6 +24,7 @@ class VersionSummary(BaseModel):
     version: int
     digest: str = Field(description="sha256 of model.safetensors")
     arch: str | None
+    serving: dict[str, Any] = Field(description="precision, channels_last, compile... (docs/http-api.md)")
     created_at: str
 
 

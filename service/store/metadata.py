@@ -155,6 +155,7 @@ class VersionRecord:
             "version": self.version,
             "digest": self.digest,
             "arch": self.report.get("arch"),
+            "serving": self.serving,
             "created_at": self.created_at.isoformat(),
         }
 

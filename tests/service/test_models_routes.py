@@ -24,6 +24,7 @@ def test_list_describe_download_delete(
     listing = client.get("/models").json()
     assert listing == [{"model": "tiny", "latest": 2, "versions": listing[0]["versions"], "aliases": {}}]
     assert [v["version"] for v in listing[0]["versions"]] == [1, 2]
+    assert listing[0]["versions"][0]["serving"]["precision"] == "fp32"  # how each version is served
 
     detail = client.get("/models/tiny/versions/1").json()
     assert detail["spec"]["labels"] == SPEC["labels"] and detail["report"]["passed"]
