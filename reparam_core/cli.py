@@ -311,8 +311,7 @@ def _cmd_fuse_graph(args: argparse.Namespace) -> int:
 def _cmd_reference(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints import check_values, read_checkpoint
-    from .errors import CheckpointError
+    from .checkpoints import check_values, load_strictly, read_checkpoint
     from .graph.pipeline import load_factory
     from .reference import make_reference
 
@@ -320,10 +319,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     model = load_factory(args.factory)
     state = read_checkpoint(args.checkpoint, weights=args.weights).state
     check_values(state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint does not fit the model: {exc}") from None
+    load_strictly(model, state)
     dtype = getattr(torch, args.dtype)
     inputs = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
     reference = make_reference(model.to(dtype), inputs, args.out)

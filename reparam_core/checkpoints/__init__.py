@@ -8,7 +8,7 @@ strictly) and ``inspection`` (what a checkpoint is, from its keys alone: ``repar
 
 from .inspection import CheckpointInfo, inspect_checkpoint, inspect_state
 from .key_formats import FORMATS, KeyFormat, detect_format, guess_family, identify_format, is_deploy_form
-from .loading import fits, load_into
+from .loading import fits, load_into, load_strictly
 from .reading import Checkpoint, Weights, check_values, listing, read_checkpoint, select_weights, unwrap
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "is_deploy_form",
     "listing",
     "load_into",
+    "load_strictly",
     "read_checkpoint",
     "select_weights",
     "unwrap",

@@ -56,6 +56,28 @@ def load_into(model: nn.Module, state: dict[str, Tensor], device: torch.device) 
     return match.format
 
 
+def load_strictly(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)`` for a model of the user's own, with what does
+    not fit said on one line (torch lists every key on a line of its own)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = [
+        f"{what} {listing(keys, 5)}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch in", shapes))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"checkpoint does not fit the model: {'; '.join(problems)}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # what is left: a dtype torch cannot copy
+        raise CheckpointError(
+            f"checkpoint does not fit the model: {str(exc).splitlines()[-1].strip()}"
+        ) from None
+
+
 def fits(model: nn.Module, state: dict[str, Tensor]) -> bool:
     """Whether ``state`` (in any known layout) has exactly ``model``'s tensors, shapes included."""
     expected = model.state_dict()

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoints import check_values, read_checkpoint
+from ..checkpoints import check_values, load_strictly, read_checkpoint
 from ..deploy.artifacts import PROGRAM, WEIGHTS, export_program, finish_with_report, staged_folder
 from ..equivalence import EquivalenceReport, check_equivalence, gate_shapes, resolve_device
-from ..errors import CheckpointError, EquivalenceError, SpecError
+from ..errors import EquivalenceError, SpecError
 from .fuse import GraphFusionReport, fuse_graph
 
 GRAPH_CODE = "graph_module.py"
@@ -67,10 +67,7 @@ def fuse_checkpoint(
     start = time.perf_counter()
     state = read_checkpoint(checkpoint).state
     check_values(state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint does not fit the model: {exc}") from None
+    load_strictly(model, state)
     model = model.eval().double().to(resolve_device(device))
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
