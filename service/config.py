@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPARAM_", env_file=None, extra="ignore")
 
     host: str = Field(default="127.0.0.1", description="address the service listens on")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per log line (time, level, logger, message)"
+    )
     port: int = Field(default=8000, description="port the service listens on")
     data_dir: Path = Field(default=Path("data"), description="database, artifacts and model store")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")

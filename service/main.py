@@ -7,6 +7,7 @@ cannot start: one log line says why); 1 when the supervisor gave up on a managed
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 
@@ -51,12 +52,34 @@ class OneLineStartupErrors:
             raise
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message (and the traceback, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler()
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonLines() if log_format == "json" else plain)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def run(host: str | None = None, port: int | None = None) -> None:
     base = get_settings()
     settings = Settings(
         **{**base.model_dump(), **({"host": host} if host else {}), **({"port": port} if port else {})}
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
     app = create_app(settings)
     server = uvicorn.Server(server_config(settings, app))

@@ -140,11 +140,13 @@ class Conversions:
             digest, report, timings = await loop.run_in_executor(
                 self.executor, self._convert_and_store, request
             )
-        except EquivalenceError:
+        except EquivalenceError as exc:
             self.metrics.conversions.labels("gate_failed").inc()
+            log.warning("conversion of %s (%s) failed the gate: %s", name, upload.filename, exc)
             raise
-        except ReparamError:
+        except ReparamError as exc:
             self.metrics.conversions.labels("bad_input").inc()
+            log.warning("conversion of %s (%s) refused: %s", name, upload.filename, exc)
             raise
         record, created = await asyncio.to_thread(
             self.metadata.add_version,
@@ -163,13 +165,24 @@ class Conversions:
             await self.backend.register(
                 name, record.version, self.artifacts.local_path(digest), request.serving
             )
-        except Exception:
+        except Exception as exc:
             await asyncio.to_thread(self._forget, record)
             self.metrics.conversions.labels("backend_failed").inc()
+            log.error("%s v%d converted but not registered (%s): removed again", name, record.version, exc)
             raise
         self.versions.forget(name)
         self.metrics.conversions.labels("stored").inc()
         self.metrics.models_registered.inc()
+        worst = max((check.get("max_rel_error", 0.0) for check in report.get("fp64", [])), default=0.0)
+        log.info(
+            "converted %s v%d (%s, %s): fp64 max relative error %.1e, stages %s",
+            name,
+            record.version,
+            report.get("arch"),
+            record.digest[:12],
+            worst,
+            ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()),
+        )
         return ConversionOutcome(record, created=True)
 
     async def _check_architecture(self, request: ConversionRequest) -> None:
@@ -234,6 +247,7 @@ class Conversions:
         await asyncio.to_thread(self._forget, record)
         self.versions.forget(name)
         self.metrics.models_registered.dec()
+        log.info("deleted %s v%d", name, version)
         return record
 
     async def delete_model(self, name: str, who: str) -> list[VersionRecord] | None:

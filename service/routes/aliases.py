@@ -7,6 +7,7 @@ alias for ``version``; the ``default`` alias, when set, is the version served wh
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -18,6 +19,7 @@ from ..errors import NotFound, responses
 from .params import MAX_VERSION, AliasName, ModelName
 
 router = APIRouter(prefix="/models/{name}/aliases", tags=["aliases"])
+log = logging.getLogger("reparam.aliases")
 
 
 class AliasTarget(BaseModel):
@@ -69,6 +71,8 @@ async def set_alias(
         raise NotFound(f"no version {target.version} of model {name!r}")
     versions.forget(name)
     state, previous = moved
+    before = f"v{previous}" if previous is not None else "(new)"
+    log.info("alias %s of %s: %s -> v%d (by %s)", alias, name, before, target.version, actor)
     return {"model": name, "alias": alias, "previous": previous, **state.summary()}
 
 
@@ -85,6 +89,7 @@ async def delete_alias(
     if await asyncio.to_thread(metadata.delete_alias, name, alias, actor) is None:
         raise NotFound(f"no alias {alias!r} of model {name!r}")
     versions.forget(name)
+    log.info("alias %s of %s removed (by %s)", alias, name, actor)
     return Response(status_code=204)
 
 
