@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 import torch
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
 from ..deps import BackendDep, MetricsDep, SettingsDep, VersionsDep
@@ -28,6 +29,7 @@ from .params import ModelName, VersionQuery
 
 router = APIRouter(tags=["predict"])
 MAX_TOP_K = 100
+MAX_IMAGES = 64  # images in one JSON request
 MAX_QUERY_IMAGE = 32 * 1024  # base64 characters: URLs past ~48 kB are refused by HTTP servers
 
 
@@ -43,12 +45,37 @@ class PredictionResponse(BaseModel):
     predictions: list[list[Prediction]] = Field(description="per input image, the top-k classes")
 
 
-class TensorRequest(BaseModel):
-    """A preprocessed float batch ``[C, H, W]`` or ``[N, C, H, W]`` as nested lists."""
+class JsonRequest(BaseModel):
+    """Either several images (base64, each preprocessed as the spec says) or a preprocessed float
+    batch ``[C, H, W]`` / ``[N, C, H, W]`` as nested lists; answered in order, as one batch."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: list[Any] = Field(min_length=1, description="nested lists of numbers: [C, H, W] or [N, C, H, W]")
+    images: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_IMAGES,
+        description=f"base64 PNG, JPEG or WebP files (standard or URL-safe), at most {MAX_IMAGES}",
+    )
+    inputs: list[Any] | None = Field(
+        default=None, min_length=1, description="nested lists of numbers: [C, H, W] or [N, C, H, W]"
+    )
     top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, description="overrides the query's top_k")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> JsonRequest:
+        if (self.images is None) == (self.inputs is None):
+            raise ValueError("give either 'images' or 'inputs'")
+        return self
+
+
+def _decode_all(images: list[str], spec: dict[str, Any]) -> Tensor:
+    """Every image decoded and cropped as the spec says: uint8 pixels ``[N, S, S, C]``."""
+    return torch.cat(
+        [
+            image_to_pixels(decode_base64_image(image), spec["preprocess"], spec["in_channels"])
+            for image in images
+        ]
+    )
 
 
 async def _resolve(versions: VersionsDep, name: str, version: int | str | None) -> tuple[int, dict[str, Any]]:
@@ -147,7 +174,7 @@ async def predict_get(
 
 @router.post(
     "/predict/{name}",
-    summary='Classify PNG/JPEG/WebP bytes, or a JSON tensor {"inputs": [[...]], "top_k": 5}',
+    summary='Classify PNG/JPEG/WebP bytes, or JSON: {"images": [base64, ...]} or {"inputs": [[...]]}',
     description="An image is decoded by its content, whichever of the image types labels it.",
     responses={**ANSWERS, **responses(404, 408, 413, 415, 503)},
     response_model=PredictionResponse,
@@ -156,7 +183,7 @@ async def predict_get(
             "required": True,
             "content": {
                 **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
-                "application/json": {"schema": TensorRequest.model_json_schema()},
+                "application/json": {"schema": JsonRequest.model_json_schema()},
             },
         }
     },
@@ -183,11 +210,12 @@ async def predict_post(
         decode = lambda spec: image_to_pixels(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
         return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
     try:
-        tensor_request = TensorRequest.model_validate_json(body)
+        payload = JsonRequest.model_validate_json(body)
     except ValidationError as exc:
         raise BadInput(describe_problems(exc.errors(), ("body",))) from None
     limit = settings.max_predict_bytes // 4
-    decode = lambda spec: json_to_tensor(tensor_request.inputs, spec["in_channels"], limit)  # noqa: E731
-    return await _answer(
-        name, resolved, tensor_request.top_k or top_k, decode, started, versions, backend, metrics
-    )
+    if payload.images is not None:
+        decode = functools.partial(_decode_all, payload.images)
+    else:
+        decode = lambda spec: json_to_tensor(payload.inputs, spec["in_channels"], limit)  # noqa: E731
+    return await _answer(name, resolved, payload.top_k or top_k, decode, started, versions, backend, metrics)

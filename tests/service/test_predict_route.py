@@ -238,3 +238,22 @@ def test_the_root_says_what_the_service_is(client: TestClient) -> None:
     assert index["service"] == "reparam" and all(
         client.get(link).status_code == 200 for link in index["links"].values() if link != "/readyz"
     )
+
+
+def test_several_images_in_one_request_are_answered_in_order(served: TestClient) -> None:
+    images = [png_bytes(48, 40, seed=1), png_bytes(40, 64, seed=2, fmt="JPEG"), png_bytes(33, 33, seed=3)]
+    body = {"images": [base64.b64encode(image).decode() for image in images], "top_k": 4}
+    batch = served.post("/predict/tiny", json=body)
+    assert batch.status_code == 200, batch.text
+    for image, answer in zip(images, batch.json()["predictions"], strict=True):
+        alone = served.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
+        expected = alone.json()["predictions"][0]
+        assert [p["index"] for p in answer] == [p["index"] for p in expected]
+        assert (
+            max(abs(a["probability"] - e["probability"]) for a, e in zip(answer, expected, strict=True))
+            < 1e-5
+        )
+    both = served.post("/predict/tiny", json={"images": body["images"], "inputs": [[[0.0]]]})
+    assert both.status_code == 422 and "either 'images' or 'inputs'" in both.json()["detail"]
+    too_many = served.post("/predict/tiny", json={"images": body["images"] * 22})
+    assert too_many.status_code == 422 and "at most 64" in too_many.json()["detail"]
