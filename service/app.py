@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from . import __doc__ as service_doc
 from .auth import TokenGate
@@ -76,7 +77,7 @@ def _clean_up_after_a_stop(metadata: MetadataStore, artifacts: ArtifactStore) ->
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from package files, no CDN
         title="reparam",
         version="0.1.0",
         description=(service_doc or "").strip()

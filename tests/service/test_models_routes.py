@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -61,3 +62,12 @@ def test_openapi_documents_the_endpoints(client: TestClient) -> None:
     )
     example = schema["components"]["schemas"]["ConversionResponse"]["examples"][0]
     assert example["model"] == "repvgg-a0" and torch is not None
+
+
+def test_api_docs_work_offline(client: TestClient) -> None:
+    """Swagger UI and ReDoc load their scripts and styles from the service itself, not a CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+        assert assets and "://" not in "".join(assets), assets
+        assert all(client.get(asset).status_code == 200 for asset in assets)
