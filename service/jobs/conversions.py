@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class Upload:
     sha256: str
     size: int
     filename: str
+    seconds: float = 0.0  # copying and hashing it
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class Conversions:
         )
         if not created:  # another replica stored the same conversion meanwhile
             return ConversionOutcome(record, created=False)
+        started = time.perf_counter()
         try:
             await self.backend.register(
                 name, record.version, self.artifacts.local_path(digest), request.serving
@@ -170,6 +173,10 @@ class Conversions:
             self.metrics.conversions.labels("backend_failed").inc()
             log.error("%s v%d converted but not registered (%s): removed again", name, record.version, exc)
             raise
+        timings = {**timings, "register": time.perf_counter() - started}
+        record = await asyncio.to_thread(self.metadata.set_timings, record, timings)
+        for stage, seconds in timings.items():
+            self.metrics.conversion_duration.labels(stage).observe(seconds)
         self.versions.forget(name)
         self.metrics.conversions.labels("stored").inc()
         self.metrics.models_registered.inc()
@@ -214,10 +221,11 @@ class Conversions:
             weights=request.weights,
             reference=request.reference.path if request.reference else None,
         )
-        for stage, seconds in result.timings.items():
-            self.metrics.conversion_duration.labels(stage).observe(seconds)
+        started = time.perf_counter()
         digest = self.artifacts.put(result, export=self.settings.export_program)
-        return digest, result.report.model_dump(mode="json"), result.timings
+        saved = request.upload.seconds + (request.reference.seconds if request.reference else 0.0)
+        timings = {"save": saved, **result.timings, "store": time.perf_counter() - started}
+        return digest, result.report.model_dump(mode="json"), timings
 
     def _forget(self, record: VersionRecord) -> None:
         self.metadata.delete_version(record.name, record.version)

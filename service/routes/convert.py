@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -119,14 +120,14 @@ def _response(record: VersionRecord, created: bool) -> ConversionResponse:
 
 
 def _save(source: IO[bytes], folder: Path, filename: str, stored_as: str = "checkpoint") -> Upload:
-    digest, size = hashlib.sha256(), 0
+    started, digest, size = time.perf_counter(), hashlib.sha256(), 0
     path = folder / stored_as
     with path.open("wb") as out:
         while block := source.read(1 << 20):
             digest.update(block)
             size += len(block)
             out.write(block)
-    return Upload(path, digest.hexdigest(), size, filename)
+    return Upload(path, digest.hexdigest(), size, filename, time.perf_counter() - started)
 
 
 @router.post(

@@ -15,6 +15,7 @@ Tables added after a database was created are created at start-up (``create_all`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -313,6 +314,16 @@ class MetadataStore:
         number = s.scalar(select(_Model.last_version).where(_Model.name == name))
         assert number is not None
         return number
+
+    def set_timings(self, record: VersionRecord, timings: dict[str, Any]) -> VersionRecord:
+        """The whole conversion's timings, registration included (known once the row exists)."""
+        with self._session() as s:
+            s.execute(
+                update(_Version)
+                .where(_Version.name == record.name, _Version.version == record.version)
+                .values(timings=timings)
+            )
+        return dataclasses.replace(record, timings=timings)
 
     def find_duplicate(
         self, name: str, checkpoint_sha256: str, spec_sha256: str, serving: dict[str, Any]

@@ -275,3 +275,13 @@ def test_a_non_utf8_spec_file_is_422(client: TestClient, checkpoint: Path) -> No
     files = {**form["files"], "spec": ("spec.json", b"\xff\xfe\x00bad", "application/json")}
     response = client.post("/convert", files=files, data=form["data"])
     assert response.status_code == 422 and "not UTF-8" in response.json()["detail"]
+
+
+def test_timings_cover_the_whole_conversion(client: TestClient, checkpoint: Path) -> None:
+    """From saving the upload to the backend's registration, in the answer, the registry and /metrics."""
+    timings = client.post("/convert", **convert_form(checkpoint)).json()["timings"]
+    assert list(timings)[0] == "save" and list(timings)[-2:] == ["store", "register"]
+    assert {"read", "build", "fuse", "validate"} <= set(timings) and all(t >= 0 for t in timings.values())
+    assert client.get("/models/tiny/versions/1").json()["timings"] == timings
+    metrics = client.get("/metrics").text
+    assert 'reparam_conversion_stage_seconds_count{stage="register"} 1.0' in metrics
