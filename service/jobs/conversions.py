@@ -8,11 +8,13 @@ artifacts are removed again. A failed gate stores nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,10 @@ from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
 from ..store.metadata import JobState
 
 log = logging.getLogger("reparam.jobs")
+Progress = Callable[[str], None]  # called (from any thread) with each stage's name as it starts
+# a conversion's stages in order: the library's (with serving options), then the service's
+STAGES = ("parse", "read", "build", "fuse", "assemble", "validate", "serving", "store", "register")
+JOINED = "joined"  # the stage of a job that waits for an identical conversion already under way
 
 
 @dataclass(frozen=True)
@@ -105,29 +111,34 @@ class Conversions:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, request: ConversionRequest) -> ConversionOutcome:
+    async def run(self, request: ConversionRequest, progress: Progress | None = None) -> ConversionOutcome:
         """Convert (or reuse an identical earlier conversion), store, register; raises on bad input.
         The request's upload folder is handed over: it is removed once the conversion is done.
 
         Identical requests in flight at once share one conversion (the database would also refuse a
-        second identical version, across replicas)."""
+        second identical version, across replicas). ``progress`` hears the library's stages, then
+        ``store`` and ``register`` (``joined`` when the request waits for an identical one)."""
         key = (request.name, request.upload.sha256, request.digest(), request.serving.model_dump_json())
         running = self._in_flight.get(key)
         if running is not None:  # joined: the version is the one that request creates
             await asyncio.to_thread(_discard, request.upload)
+            if progress is not None:
+                await asyncio.to_thread(progress, JOINED)
             return ConversionOutcome((await asyncio.shield(running)).record, created=False)
-        running = asyncio.ensure_future(self._run_and_discard(request))
+        running = asyncio.ensure_future(self._run_and_discard(request, progress))
         self._in_flight[key] = running
         running.add_done_callback(lambda _: self._in_flight.pop(key, None))
         return await asyncio.shield(running)
 
-    async def _run_and_discard(self, request: ConversionRequest) -> ConversionOutcome:
+    async def _run_and_discard(
+        self, request: ConversionRequest, progress: Progress | None
+    ) -> ConversionOutcome:
         try:
-            return await self._run(request)
+            return await self._run(request, progress or (lambda stage: None))
         finally:
             await asyncio.to_thread(_discard, request.upload)
 
-    async def _run(self, request: ConversionRequest) -> ConversionOutcome:
+    async def _run(self, request: ConversionRequest, progress: Progress) -> ConversionOutcome:
         name, upload = request.name, request.upload
         spec_sha = request.digest()
         serving = request.serving.model_dump(mode="json")
@@ -140,7 +151,7 @@ class Conversions:
         loop = asyncio.get_running_loop()
         try:
             digest, report, timings = await loop.run_in_executor(
-                self.executor, self._convert_and_store, request
+                self.executor, self._convert_and_store, request, progress
             )
         except EquivalenceError as exc:
             self.metrics.conversions.labels("gate_failed").inc()
@@ -164,6 +175,7 @@ class Conversions:
         if not created:  # another replica stored the same conversion meanwhile
             return ConversionOutcome(record, created=False)
         started = time.perf_counter()
+        await asyncio.to_thread(progress, "register")
         try:
             await self.backend.register(
                 name, record.version, self.artifacts.local_path(digest), request.serving
@@ -210,7 +222,7 @@ class Conversions:
                 "new_architecture=true to make it the next version anyway"
             )
 
-    def _convert_and_store(self, request: ConversionRequest) -> tuple[str, dict, dict]:
+    def _convert_and_store(self, request: ConversionRequest, progress: Progress) -> tuple[str, dict, dict]:
         result = convert(
             request.spec,
             request.upload.path,
@@ -220,7 +232,9 @@ class Conversions:
             serving=request.serving,
             weights=request.weights,
             reference=request.reference.path if request.reference else None,
+            progress=progress,
         )
+        progress("store")
         started = time.perf_counter()
         digest = self.artifacts.put(result, export=self.settings.export_program)
         saved = request.upload.seconds + (request.reference.seconds if request.reference else 0.0)
@@ -281,7 +295,7 @@ class Conversions:
         async def work() -> None:
             await record("running")
             try:
-                outcome = await self.run(request)
+                outcome = await self.run(request, functools.partial(self.metadata.set_job_stage, job.id))
                 result: dict[str, Any] = {
                     "model": name,
                     "version": outcome.record.version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from ..config import Settings
 from ..deps import ConversionsDep, MetadataDep, SettingsDep
 from ..errors import NotFound, responses
 from ..form_parts import TextPart, parse_labels, text_of
-from ..jobs import ConversionOutcome, ConversionRequest, Upload
+from ..jobs import JOINED, STAGES, ConversionOutcome, ConversionRequest, Upload
 from ..store import VersionRecord
 from ..store.metadata import JobState
 from .params import NAME_PATTERN, JobId
@@ -101,6 +102,14 @@ class JobStatus(BaseModel):
         description="succeeded: model, version, digest, created; failed: status, detail (and report)"
     )
     links: dict[str, str] | None = None
+    stage: str | None = Field(
+        description=f"the stage under way (of {', '.join(STAGES)}; '{JOINED}': waiting for an identical "
+        "conversion); when failed, the stage it failed in; null when queued or succeeded"
+    )
+    stages: dict[str, float] = Field(description="seconds each finished stage took, in order")
+    progress: float = Field(ge=0, le=1, description="the fraction of the stages finished")
+    created_at: dt.datetime
+    updated_at: dt.datetime
 
 
 def _response(record: VersionRecord, created: bool) -> ConversionResponse:
@@ -241,4 +250,16 @@ async def get_job(job_id: JobId, metadata: MetadataDep) -> JobStatus:
     links = None
     if job.status == "succeeded" and job.result:
         links = {"version": f"/models/{job.name}/versions/{job.result['version']}"}
-    return JobStatus(job=job.id, model=job.name, status=job.status, result=job.result, links=links)
+    done = len(STAGES) if job.status == "succeeded" else sum(stage in job.stages for stage in STAGES)
+    return JobStatus(
+        job=job.id,
+        model=job.name,
+        status=job.status,
+        result=job.result,
+        links=links,
+        stage=job.stage,
+        stages=job.stages,
+        progress=round(done / len(STAGES), 3),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )

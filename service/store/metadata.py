@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -136,6 +136,12 @@ class _Job(_Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # the stage under way and the seconds each finished one took (the conversion's own order)
+    stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    stages: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+
+
+_JOBS: Table = _Job.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,10 @@ class JobRecord:
     name: str
     status: JobState
     result: dict[str, Any] | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    stage: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _record(row: _Version) -> VersionRecord:
@@ -219,6 +229,19 @@ def _record(row: _Version) -> VersionRecord:
     )
 
 
+def _job_record(row: _Job) -> JobRecord:
+    return JobRecord(
+        row.id,
+        row.name,
+        cast(JobState, row.status),
+        row.result,
+        _utc(row.created_at),
+        _utc(row.updated_at),
+        row.stage,
+        dict(row.stages or {}),
+    )
+
+
 def _alias_record(row: _Alias) -> AliasRecord:
     return AliasRecord(row.alias, row.version, row.moved_by, _utc(row.moved_at))
 
@@ -226,12 +249,13 @@ def _alias_record(row: _Alias) -> AliasRecord:
 def _upgrade(engine: Engine) -> None:
     """Bring a database created by an earlier release to this schema: add nullable columns, fill
     ``serving_sha256`` (the first of any duplicates an old race created keeps it), add the index."""
-    present = {c["name"] for c in inspect(engine).get_columns(_Version.__tablename__)}
-    missing = [c for c in _VERSIONS.columns if c.name not in present and c.nullable]
-    with engine.begin() as conn:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            conn.execute(text(f"ALTER TABLE {_Version.__tablename__} ADD COLUMN {column.name} {kind}"))
+    for table in (_VERSIONS, _JOBS):
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present and c.nullable]
+        with engine.begin() as conn:
+            for column in missing:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
     with Session(engine) as s, s.begin():
         seen: set[tuple[str, str, str, str]] = set()
         for row in s.scalars(select(_Version).order_by(_Version.version)):
@@ -463,15 +487,34 @@ class MetadataStore:
 
     def create_job(self, name: str) -> JobRecord:
         with self._session() as s:
-            job = _Job(id=uuid.uuid4().hex, name=name, status="queued")
+            now = _now()
+            job = _Job(id=uuid.uuid4().hex, name=name, status="queued", created_at=now, updated_at=now)
             s.add(job)
-            return JobRecord(job.id, job.name, "queued", None)
+            return _job_record(job)
 
     def update_job(self, job_id: str, status: JobState, result: dict[str, Any] | None = None) -> None:
         with self._session() as s:
             job = s.get(_Job, job_id)
-            if job is not None:
-                job.status, job.result, job.updated_at = status, result, _now()
+            if job is None:
+                return
+            now = _now()
+            if status in ("succeeded", "failed") and job.stage is not None:  # the last stage ends
+                elapsed = round((now - _utc(job.updated_at)).total_seconds(), 3)
+                job.stages = {**(job.stages or {}), job.stage: elapsed}
+                job.stage = None if status == "succeeded" else job.stage  # a failure keeps where
+            job.status, job.result, job.updated_at = status, result, now
+
+    def set_job_stage(self, job_id: str, stage: str) -> None:
+        """``stage`` has started: the one before it (if any) is finished, its seconds recorded."""
+        with self._session() as s:
+            job = s.get(_Job, job_id)
+            if job is None:
+                return
+            now = _now()
+            stages = dict(job.stages or {})
+            if job.stage is not None:
+                stages[job.stage] = round((now - _utc(job.updated_at)).total_seconds(), 3)
+            job.stage, job.stages, job.updated_at = stage, stages, now
 
     def fail_unfinished_jobs(self, detail: str) -> int:
         """Mark every queued or running job failed (their process is gone); returns how many."""
@@ -484,4 +527,6 @@ class MetadataStore:
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._session() as s:
             job = s.get(_Job, job_id)
-            return JobRecord(job.id, job.name, cast(JobState, job.status), job.result) if job else None
+            if job is None:
+                return None
+            return _job_record(job)

@@ -161,6 +161,50 @@ def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoin
     )
 
 
+def test_a_job_shows_its_stage_while_it_runs_and_every_stage_when_done(
+    client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held inside the library's ``fuse`` stage: the job says so, with the stages before it timed."""
+    from reparam_core import conversion
+
+    from service.jobs import STAGES
+
+    inside, release = threading.Event(), threading.Event()
+    fuse = conversion.fused_state_dict
+
+    def held_fuse(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        release.wait(timeout=30)
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(conversion, "fused_state_dict", held_fuse)
+    accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
+    assert inside.wait(timeout=30), "the conversion never reached the fuse stage"
+    running = client.get(accepted.json()["status_url"]).json()
+    release.set()
+    assert running["status"] == "running" and running["stage"] == "fuse"
+    assert list(running["stages"]) == ["parse", "read", "build"]
+    assert running["progress"] == round(3 / len(STAGES), 3)
+    done = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
+    assert done["status"] == "succeeded" and done["stage"] is None and done["progress"] == 1
+    assert list(done["stages"]) == list(STAGES)  # the service's list follows the library's order
+
+
+def test_a_failed_job_says_which_stage_it_failed_in(
+    client: TestClient, checkpoint: Path, tmp_path: Path
+) -> None:
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(checkpoint.read_bytes()[:-100])
+    accepted = client.post("/convert?wait=false", **convert_form(truncated))
+    job = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
+    assert job["status"] == "failed" and job["result"]["status"] == 400
+    assert job["stage"] == "read" and list(job["stages"]) == ["parse", "read"]
+    # the gate's verdict comes once its last check (the serving configuration) has run
+    accepted = client.post("/convert?wait=false", **convert_form(checkpoint, tolerance="1e-30"))
+    job = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
+    assert job["status"] == "failed" and job["stage"] == "serving" and "validate" in job["stages"]
+
+
 def test_a_running_conversion_does_not_block_other_requests(
     client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,7 +83,20 @@ def test_a_database_from_before_serving_options_is_upgraded(tmp_path: Path) -> N
             "INSERT INTO versions VALUES (1, 'old', 1, ?, 'c', 's', '{}', '{}', '{}', '2026-01-01 00:00:00')",
             ("d" * 64,),
         )
+        db.execute(
+            "CREATE TABLE jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64), status VARCHAR(16), "
+            "result JSON, created_at DATETIME, updated_at DATETIME)"
+        )
+        db.execute(
+            "INSERT INTO jobs VALUES ('j', 'old', 'running', NULL, '2026-01-01 00:00:00', "
+            "'2026-01-01 00:00:00')"
+        )
     store = MetadataStore(f"sqlite:///{path}")
+    job = store.get_job("j")
+    assert job is not None and job.stage is None and job.stages == {}
+    store.set_job_stage("j", "fuse")
+    job = store.get_job("j")
+    assert job is not None and job.stage == "fuse" and job.stages == {}
     record = store.get_version("old", 1)
     assert record is not None and record.serving == ServingOptions().model_dump(mode="json")
     assert store.find_duplicate("old", "c", "s", record.serving) == record
