@@ -15,8 +15,8 @@ supervisor
 3. records the state /readyz reports: ``ready`` (every stored version has a ready worker),
    ``pending`` (some have not yet: registering, or workers starting), ``down`` (the backend does
    not answer), ``failed``; every change of state is logged.
-Versions being deleted (retired in the version cache) or registered by a conversion right now
-(``backend.busy``) are left alone.
+Versions being deleted (retired in the version cache), being stored by a conversion (claimed in
+the version cache) or registered or unregistered right now (``backend.busy``) are left alone.
 """
 
 from __future__ import annotations
@@ -118,7 +118,11 @@ class Supervisor:
         stored = await asyncio.to_thread(self.metadata.versions)
         loaded = await self.backend.loaded()
         wanted = [
-            r for r in stored if not self.versions.retired(r) and not self.backend.busy(r.name, r.version)
+            r
+            for r in stored
+            if not self.versions.retired(r)
+            and not self.versions.claimed(r)
+            and not self.backend.busy(r.name, r.version)
         ]
         keys = {(r.name, r.version) for r in wanted}
         for name, version in sorted((self._seen & keys) - loaded.keys()):
@@ -134,7 +138,7 @@ class Supervisor:
     async def _register(self, record: VersionRecord) -> None:
         key = (record.name, record.version)
         async with self._slots:
-            if self.versions.retired(record) or self.backend.busy(*key):
+            if self.versions.retired(record) or self.versions.claimed(record) or self.backend.busy(*key):
                 return  # a deletion or a conversion got there first
             try:
                 path = self.artifacts.local_path(record.digest)

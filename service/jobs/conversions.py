@@ -161,11 +161,27 @@ class Conversions:
             self.metrics.conversions.labels("bad_input").inc()
             log.warning("conversion of %s (%s) refused: %s", name, upload.filename, exc)
             raise
+        self.versions.claim(name, digest)  # the supervisor must not register it meanwhile
+        try:
+            return await self._store_and_register(request, digest, report, timings, progress)
+        finally:
+            self.versions.release(name, digest)
+
+    async def _store_and_register(
+        self,
+        request: ConversionRequest,
+        digest: str,
+        report: dict[str, Any],
+        timings: dict[str, float],
+        progress: Progress,
+    ) -> ConversionOutcome:
+        """The version row, then its registration (the row removed again if that fails)."""
+        name, spec_sha, serving = request.name, request.digest(), request.serving.model_dump(mode="json")
         record, created = await asyncio.to_thread(
             self.metadata.add_version,
             name,
             digest,
-            upload.sha256,
+            request.upload.sha256,
             spec_sha,
             request.spec.model_dump(mode="json"),
             report,
@@ -267,6 +283,7 @@ class Conversions:
             self.versions.reinstate(record)
             raise
         await asyncio.to_thread(self._forget, record)
+        self.versions.settle(record)
         self.versions.forget(name)
         self.metrics.models_registered.dec()
         log.info("deleted %s v%d", name, version)

@@ -5,7 +5,9 @@ set, else the latest version. An entry lives ``ttl`` seconds: a version added or
 moved, by another replica is seen within that time. This process's own conversions, deletions and
 alias moves drop the model's entries at once. Misses (no
 such model or version) are not cached. A version being deleted is ``retire``d first: from then on
-this process neither serves it nor registers it again, though its row may still exist.
+this process neither serves it nor registers it again, though its row may still exist; once the
+row is gone the mark is dropped (``settle``). A version a conversion of this process is storing is
+``claim``ed: the conversion registers it, so the supervisor leaves it alone until it is released.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class VersionCache:
     def __init__(self, metadata: MetadataStore, ttl: float) -> None:
         self.metadata, self.ttl = metadata, ttl
         self._entries: dict[tuple[str, int | str | None], tuple[float, VersionRecord]] = {}
-        self._retired: set[tuple[str, int, dt.datetime]] = set()  # one small entry per deletion
+        self._retired: set[tuple[str, int, dt.datetime]] = set()  # versions being deleted
+        self._claimed: set[tuple[str, str]] = set()  # (name, digest) being stored by a conversion
 
     async def get(self, name: str, version: int | str | None) -> VersionRecord | None:
         """Version ``version`` of ``name`` (a number or an alias), or its default one when None."""
@@ -73,6 +76,20 @@ class VersionCache:
 
     def retired(self, record: VersionRecord) -> bool:
         return _identity(record) in self._retired
+
+    def settle(self, record: VersionRecord) -> None:
+        """``record``'s row is deleted: nothing asks for it any more, its mark can go."""
+        self._retired.discard(_identity(record))
+
+    def claim(self, name: str, digest: str) -> None:
+        """A conversion is about to store (then register) ``digest`` as a version of ``name``."""
+        self._claimed.add((name, digest))
+
+    def release(self, name: str, digest: str) -> None:
+        self._claimed.discard((name, digest))
+
+    def claimed(self, record: VersionRecord) -> bool:
+        return (record.name, record.digest) in self._claimed
 
     def forget(self, name: str) -> None:
         for key in [k for k in self._entries if k[0] == name]:

@@ -166,7 +166,6 @@ def test_a_job_shows_its_stage_while_it_runs_and_every_stage_when_done(
 ) -> None:
     """Held inside the library's ``fuse`` stage: the job says so, with the stages before it timed."""
     from reparam_core import conversion
-
     from service.jobs import STAGES
 
     inside, release = threading.Event(), threading.Event()

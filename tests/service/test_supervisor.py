@@ -151,3 +151,41 @@ def test_delete_under_load_answers_404_at_once(settings: Settings, tmp_path: Pat
     assert {status for _, _, status in answers} == {200, 404}, sorted({s for _, _, s in answers})
     assert {status for start, _, status in answers if start > deleted} == {404}
     assert max(end - start for start, end, _ in answers) < 10
+
+
+def test_a_version_being_stored_is_registered_once(
+    settings: Settings, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version row exists a while before the conversion registers it; supervision rounds in that
+    window (forced here: the insert returns only after two of them) must leave it to the conversion."""
+    from service.store.metadata import MetadataStore
+
+    registrations: list[tuple[str, int]] = []
+    register, add_version = InProcessBackend.register, MetadataStore.add_version
+
+    async def counted(self: InProcessBackend, name: str, version: int, path: Path, s: ServingOptions) -> None:
+        registrations.append((name, version))
+        await register(self, name, version, path, s)
+
+    def slow_insert(self: MetadataStore, *args: Any, **kwargs: Any) -> Any:
+        inserted = add_version(self, *args, **kwargs)
+        time.sleep(0.5)  # five supervision rounds
+        return inserted
+
+    monkeypatch.setattr(InProcessBackend, "register", counted)
+    monkeypatch.setattr(MetadataStore, "add_version", slow_insert)
+    settings = settings.model_copy(update={"supervise_interval_s": 0.1})
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+        time.sleep(0.3)  # and a few rounds after it
+    assert registrations == [("tiny", 1)]
+
+
+def test_a_deleted_versions_mark_goes_with_its_row(settings: Settings, checkpoint: Path) -> None:
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+        record = client.app.state.metadata.get_version("tiny", 1)  # type: ignore[attr-defined]
+        assert client.delete("/models/tiny/versions/1").status_code == 204
+        assert not client.app.state.versions.retired(record)  # type: ignore[attr-defined]
+        assert client.post("/predict/tiny", **IMAGE).status_code == 404  # and it stays gone
