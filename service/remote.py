@@ -20,6 +20,7 @@ from urllib.parse import quote
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_SERVICE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8000"
 IMAGE_TYPES = {".png": "image/png", ".webp": "image/webp"}  # any other: image/jpeg (read by content)
+BATCH = 64  # images per request: the service's limit
 
 Action = Callable[[argparse.Namespace], tuple[Any, str]]
 
@@ -178,18 +179,20 @@ def _predict(args: argparse.Namespace) -> tuple[Any, str]:
     if args.version is not None:
         query["version"] = args.version
     answers, lines = [], []
-    for image in args.images:
-        kind = IMAGE_TYPES.get(image.suffix.lower(), "image/jpeg")
-        body = _call(
-            args, "POST", _path("predict", args.name), params=query, content=_read(image),
-            headers={"Content-Type": kind},
-        )  # fmt: skip
-        answers.append(body)
-        top = ", ".join(
-            f"{p['label'] if p['label'] is not None else p['index']} {p['probability']:.3f}"
-            for p in body["predictions"][0]
-        )
-        lines.append(f"{image}: {body['model']} v{body['version']}: {top}")
+    for start in range(0, len(args.images), BATCH):  # each batch one request, answered as one batch
+        images = args.images[start : start + BATCH]
+        parts = [
+            ("images", (image.name, _read(image), IMAGE_TYPES.get(image.suffix.lower(), "image/jpeg")))
+            for image in images
+        ]
+        body = _call(args, "POST", _path("predict", args.name), params=query, files=parts)
+        for image, predictions in zip(images, body["predictions"], strict=True):
+            answers.append({"model": body["model"], "version": body["version"], "predictions": [predictions]})
+            top = ", ".join(
+                f"{p['label'] if p['label'] is not None else p['index']} {p['probability']:.3f}"
+                for p in predictions
+            )
+            lines.append(f"{image}: {body['model']} v{body['version']}: {top}")
     return answers, "\n".join(lines)
 
 

@@ -29,7 +29,11 @@ from .params import ModelName, VersionQuery
 
 router = APIRouter(tags=["predict"])
 MAX_TOP_K = 100
-MAX_IMAGES = 64  # images in one JSON request
+MAX_IMAGES = 64  # images in one request (JSON or multipart)
+MULTIPART = "multipart/form-data"
+EXAMPLE_PNG = (  # an 8x8 orange PNG: the OpenAPI example works as sent, whatever the model's input size
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8UaHBgA0wMeAAg1MCAB4nAXgllso1AAAAAElFTkSuQmCC"
+)
 MAX_QUERY_IMAGE = 32 * 1024  # base64 characters: URLs past ~48 kB are refused by HTTP servers
 
 
@@ -68,14 +72,26 @@ class JsonRequest(BaseModel):
         return self
 
 
-def _decode_all(images: list[str], spec: dict[str, Any]) -> Tensor:
+def _decode_all(images: list[bytes], spec: dict[str, Any]) -> Tensor:
     """Every image decoded and cropped as the spec says: uint8 pixels ``[N, S, S, C]``."""
-    return torch.cat(
-        [
-            image_to_pixels(decode_base64_image(image), spec["preprocess"], spec["in_channels"])
-            for image in images
-        ]
-    )
+    return torch.cat([image_to_pixels(image, spec["preprocess"], spec["in_channels"]) for image in images])
+
+
+async def _form_images(request: Request) -> list[bytes]:
+    """The ``images`` file parts of a multipart body, in order (at most ``MAX_IMAGES``)."""
+    async with request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES) as form:
+        others = sorted({key for key in form if key != "images"})
+        if others:
+            raise BadInput(f"unexpected form field {', '.join(map(repr, others))}: send 'images' file parts")
+        parts = form.getlist("images")
+        if not parts:
+            raise BadInput("no 'images' file part in the form")
+        images = []
+        for part in parts:
+            if isinstance(part, str):
+                raise BadInput("'images' must be file parts (curl -F images=@photo.jpg), not text")
+            images.append(await part.read())
+    return images
 
 
 async def _resolve(versions: VersionsDep, name: str, version: int | str | None) -> tuple[int, dict[str, Any]]:
@@ -174,8 +190,13 @@ async def predict_get(
 
 @router.post(
     "/predict/{name}",
-    summary='Classify PNG/JPEG/WebP bytes, or JSON: {"images": [base64, ...]} or {"inputs": [[...]]}',
-    description="An image is decoded by its content, whichever of the image types labels it.",
+    summary="Classify PNG/JPEG/WebP bytes, several as multipart 'images' parts, or JSON",
+    description=(
+        "An image is decoded by its content, whichever of the image types labels it. Several images "
+        f"(at most {MAX_IMAGES}) are answered in order as one batch: multipart/form-data with one "
+        '`images` file part each, or JSON `{"images": [base64, ...]}`; JSON `{"inputs": [[...]]}` '
+        "is a preprocessed float batch."
+    ),
     responses={**ANSWERS, **responses(404, 408, 413, 415, 503)},
     response_model=PredictionResponse,
     openapi_extra={
@@ -183,7 +204,24 @@ async def predict_get(
             "required": True,
             "content": {
                 **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
-                "application/json": {"schema": JsonRequest.model_json_schema()},
+                MULTIPART: {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "images": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "minItems": 1,
+                                "maxItems": MAX_IMAGES,
+                            }
+                        },
+                        "required": ["images"],
+                    }
+                },
+                "application/json": {
+                    "schema": JsonRequest.model_json_schema(),
+                    "example": {"images": [EXAMPLE_PNG], "top_k": 2},
+                },
             },
         }
     },
@@ -201,10 +239,14 @@ async def predict_post(
     started = time.perf_counter()
     resolved = await _resolve(versions, name, version)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in (*IMAGE_TYPES, "application/json"):
+    if media not in (*IMAGE_TYPES, MULTIPART, "application/json"):
         raise UnsupportedMedia(
-            f"content type {media or 'none'!r}: send {', '.join(IMAGE_TYPES)} or application/json"
+            f"content type {media or 'none'!r}: "
+            f"send {', '.join(IMAGE_TYPES)}, {MULTIPART} or application/json"
         )
+    if media == MULTIPART:
+        decode = functools.partial(_decode_all, await _form_images(request))
+        return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
     body = await request.body()
     if media in IMAGE_TYPES:
         decode = lambda spec: image_to_pixels(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
@@ -215,7 +257,7 @@ async def predict_post(
         raise BadInput(describe_problems(exc.errors(), ("body",))) from None
     limit = settings.max_predict_bytes // 4
     if payload.images is not None:
-        decode = functools.partial(_decode_all, payload.images)
+        decode = functools.partial(_decode_all, [decode_base64_image(image) for image in payload.images])
     else:
         decode = lambda spec: json_to_tensor(payload.inputs, spec["in_channels"], limit)  # noqa: E731
     return await _answer(name, resolved, payload.top_k or top_k, decode, started, versions, backend, metrics)

@@ -240,10 +240,10 @@ def test_the_root_says_what_the_service_is(client: TestClient) -> None:
     )
 
 
-def test_several_images_in_one_request_are_answered_in_order(served: TestClient) -> None:
-    images = [png_bytes(48, 40, seed=1), png_bytes(40, 64, seed=2, fmt="JPEG"), png_bytes(33, 33, seed=3)]
-    body = {"images": [base64.b64encode(image).decode() for image in images], "top_k": 4}
-    batch = served.post("/predict/tiny", json=body)
+IMAGES = [png_bytes(48, 40, seed=1), png_bytes(40, 64, seed=2, fmt="JPEG"), png_bytes(33, 33, seed=3)]
+
+
+def assert_answered_in_order(served: TestClient, images: list[bytes], batch: Response) -> None:
     assert batch.status_code == 200, batch.text
     for image, answer in zip(images, batch.json()["predictions"], strict=True):
         alone = served.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
@@ -253,7 +253,39 @@ def test_several_images_in_one_request_are_answered_in_order(served: TestClient)
             max(abs(a["probability"] - e["probability"]) for a, e in zip(answer, expected, strict=True))
             < 1e-5
         )
+
+
+def test_several_images_in_one_request_are_answered_in_order(served: TestClient) -> None:
+    body = {"images": [base64.b64encode(image).decode() for image in IMAGES], "top_k": 4}
+    assert_answered_in_order(served, IMAGES, served.post("/predict/tiny", json=body))
     both = served.post("/predict/tiny", json={"images": body["images"], "inputs": [[[0.0]]]})
     assert both.status_code == 422 and "either 'images' or 'inputs'" in both.json()["detail"]
     too_many = served.post("/predict/tiny", json={"images": body["images"] * 22})
     assert too_many.status_code == 422 and "at most 64" in too_many.json()["detail"]
+
+
+def test_several_images_as_multipart_file_parts_are_answered_in_order(served: TestClient) -> None:
+    parts = [("images", (f"{i}.img", image, "application/octet-stream")) for i, image in enumerate(IMAGES)]
+    assert_answered_in_order(served, IMAGES, served.post("/predict/tiny?top_k=4", files=parts))
+    other = served.post("/predict/tiny", files=parts, data={"top": "3"})
+    assert other.status_code == 422 and "unexpected form field 'top'" in other.json()["detail"]
+    text = served.post("/predict/tiny", files=[("images", (None, b"not a file"))])
+    assert text.status_code == 422 and "must be file parts" in text.json()["detail"]
+    assert served.post("/predict/tiny", files=parts[:1] * 65).status_code == 400  # at most 64
+    broken = served.post(
+        "/predict/tiny", files=[*parts, ("images", ("x.jpg", b"\xff\xd8\xffjunk", "image/jpeg"))]
+    )
+    assert broken.status_code in (415, 422)
+
+
+def test_the_openapi_request_examples_work_when_sent(served: TestClient) -> None:
+    sent = 0
+    for path, methods in served.get("/openapi.json").json()["paths"].items():
+        for method, operation in methods.items():
+            for media, content in operation.get("requestBody", {}).get("content", {}).items():
+                if "example" in content:
+                    url = path.replace("{name}", "tiny")
+                    answer = served.request(method, url, json=content["example"])
+                    assert media == "application/json" and answer.status_code == 200, answer.text
+                    sent += 1
+    assert sent >= 1

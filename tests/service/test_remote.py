@@ -36,10 +36,18 @@ def test_exit_codes(
         code, out, _ = _remote(capsys, url, "convert", str(checkpoint), "--spec", str(spec), "--name", "tiny",
                                "--alias", "production")  # fmt: skip
         assert code == 0 and "tiny v1 stored" in out and "production -> v1 (new" in out
+        other = tmp_path / "other.png"
+        other.write_bytes(png_bytes(40, 56, seed=7))
         code, out, _ = _remote(
-            capsys, url, "predict", "tiny", str(image), "--version", "production", "--json"
-        )
-        assert code == 0 and json.loads(out)[0]["version"] == 1
+            capsys, url, "predict", "tiny", str(image), str(other), "--version", "production", "--json"
+        )  # one request, one batch, answered per image in order
+        answers = json.loads(out)
+        assert code == 0 and [a["version"] for a in answers] == [1, 1]
+        for path, answer in zip((image, other), answers, strict=True):
+            alone = json.loads(_remote(capsys, url, "predict", "tiny", str(path), "--json")[1])[0]
+            assert [p["index"] for p in answer["predictions"][0]] == [
+                p["index"] for p in alone["predictions"][0]
+            ]
         assert _remote(capsys, url, "models", "tiny")[1].strip() == "tiny: v1 (latest v1); production -> v1"
 
         code, out, err = _remote(capsys, url, "convert", str(checkpoint), "--spec", str(spec),
