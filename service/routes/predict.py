@@ -244,6 +244,7 @@ async def predict_post(
             f"content type {media or 'none'!r}: "
             f"send {', '.join(IMAGE_TYPES)}, {MULTIPART} or application/json"
         )
+    decode: Callable[[dict[str, Any]], Tensor]
     if media == MULTIPART:
         decode = functools.partial(_decode_all, await _form_images(request))
         return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
