@@ -35,15 +35,9 @@ import torch
 from _common import environment, write_json
 from serve_bench import free_port, image, percentiles
 
+from reparam_core.example import SPEC
+
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = {
-    "family": "repvgg",
-    "stem": {"width": 16},
-    "stages": [{"depth": 2, "width": 16}, {"depth": 2, "width": 32}, {"depth": 1, "width": 64}],
-    "num_classes": 10,
-    "input_size": [64, 64],
-    "preprocess": {"resize": 72, "crop": 64},
-}
 
 
 def start_service(data: Path, port: int, **extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:

@@ -57,16 +57,16 @@ async def _actor(
         str | None,
         Header(
             pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$",
-            description="who makes this change, for the alias history (default: the token's fingerprint)",
+            description="who makes this change, as the caller says: recorded next to the token's fingerprint",
         ),
     ] = None,
 ) -> str:
-    """Who a change is recorded as: the ``X-Reparam-Actor`` header, else ``token:`` and the first 8
-    hex digits of the token's sha256 (the token TokenGate checked), else ``anonymous``."""
-    if x_reparam_actor:
-        return x_reparam_actor
+    """Who a change is recorded as: ``token:`` and the first 8 hex digits of the token's sha256 (the
+    token TokenGate checked) when a token is set, else ``anonymous``; an ``X-Reparam-Actor`` header
+    is the caller's own word, so it is recorded next to that, never instead: ``ci (token:1a2b3c4d)``."""
     token = request.app.state.settings.api_token
-    return f"token:{hashlib.sha256(token.encode()).hexdigest()[:8]}" if token else "anonymous"
+    verified = f"token:{hashlib.sha256(token.encode()).hexdigest()[:8]}" if token else "anonymous"
+    return f"{x_reparam_actor} ({verified})" if x_reparam_actor else verified
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

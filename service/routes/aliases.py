@@ -30,7 +30,8 @@ class AliasTarget(BaseModel):
 class AliasState(BaseModel):
     version: int
     moved_by: str = Field(
-        description="X-Reparam-Actor, else token:<sha256 prefix of the token>, else anonymous"
+        description="token:<sha256 prefix of the token> (anonymous without one), after the "
+        "X-Reparam-Actor header's name when sent: 'ci (token:1a2b3c4d)'"
     )
     moved_at: str
 

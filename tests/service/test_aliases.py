@@ -41,17 +41,21 @@ def test_set_move_history_and_predict_by_alias(client: TestClient, checkpoint: P
     moved = client.put(
         "/models/tiny/aliases/production", json={"version": 2}, headers={"X-Reparam-Actor": "ci"}
     )
-    assert moved.json()["previous"] == 1 and moved.json()["moved_by"] == "ci"
+    assert moved.json()["previous"] == 1 and moved.json()["moved_by"] == "ci (anonymous)"
     assert _served(client, "?version=production") == 2  # the cache forgot the old target at once
     assert client.put("/models/tiny/aliases/production", json={"version": 2}).json()["previous"] == 2
 
     model = client.get("/models/tiny").json()
     assert (
-        model["aliases"]["production"]["version"] == 2 and model["aliases"]["production"]["moved_by"] == "ci"
+        model["aliases"]["production"]["version"] == 2
+        and model["aliases"]["production"]["moved_by"] == "ci (anonymous)"
     )
     assert client.get("/models").json()[0]["aliases"] == model["aliases"]
     history = client.get("/models/tiny/aliases/production/history").json()
-    assert [(m["from"], m["to"], m["moved_by"]) for m in history] == [(None, 1, "anonymous"), (1, 2, "ci")]
+    assert [(m["from"], m["to"], m["moved_by"]) for m in history] == [
+        (None, 1, "anonymous"),
+        (1, 2, "ci (anonymous)"),
+    ]
     assert all(m["moved_at"] for m in history)
 
     assert client.delete("/models/tiny/aliases/production").status_code == 204
@@ -96,7 +100,14 @@ def test_who_is_the_token_fingerprint(settings: Settings, checkpoint: Path) -> N
         assert client.delete("/models/tiny/aliases/production").status_code == 401
         assert client.delete("/models/tiny").status_code == 401
         moved = client.put("/models/tiny/aliases/production", json={"version": 1}, headers=token)
-        assert moved.json()["moved_by"] == "token:" + hashlib.sha256(b"s3cret").hexdigest()[:8]
+        fingerprint = "token:" + hashlib.sha256(b"s3cret").hexdigest()[:8]
+        assert moved.json()["moved_by"] == fingerprint
+        claimed = client.put(  # a name the caller gives is recorded, but never instead of the token
+            "/models/tiny/aliases/staging",
+            json={"version": 1},
+            headers={**token, "X-Reparam-Actor": "admin"},
+        )
+        assert claimed.json()["moved_by"] == f"admin ({fingerprint})"
 
 
 def test_delete_model_removes_versions_aliases_artifacts_and_keeps_numbering(
@@ -117,7 +128,7 @@ def test_delete_model_removes_versions_aliases_artifacts_and_keeps_numbering(
     assert client.post("/predict/tiny?version=production", content=png_bytes(),
                        headers={"Content-Type": "image/png"}).status_code == 404  # fmt: skip
     history = client.get("/models/tiny/aliases/production/history").json()
-    assert history[-1]["to"] is None and history[-1]["moved_by"] == "cleanup"
+    assert history[-1]["to"] is None and history[-1]["moved_by"] == "cleanup (anonymous)"
     assert client.delete("/models/tiny").status_code == 404
 
     again = client.post("/convert", **convert_form(checkpoint))
