@@ -17,7 +17,7 @@ from .backends import start_backend
 from .backends.supervisor import Supervisor
 from .config import Settings, get_settings
 from .errors import install_handlers
-from .jobs import Conversions
+from .jobs import Conversions, ProgramExports
 from .limits import BodyLimits, Pace
 from .metrics import CountRequests, Metrics
 from .openapi import install_openapi
@@ -36,9 +36,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
     await asyncio.to_thread(_clean_up_after_a_stop, app.state.metadata, app.state.artifacts)
     backend = app.state.backend = await start_backend(settings)
+    exports = app.state.exports = ProgramExports(app.state.metadata, app.state.artifacts, app.state.metrics)
     try:
         conversions = app.state.conversions = Conversions(
-            settings, app.state.metadata, app.state.versions, app.state.artifacts, backend, app.state.metrics
+            settings,
+            app.state.metadata,
+            app.state.versions,
+            app.state.artifacts,
+            backend,
+            app.state.metrics,
+            exports,
         )
         supervisor = app.state.supervisor = Supervisor(
             settings,
@@ -50,6 +57,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_give_up=app.state.on_give_up,
         )
         await supervisor.start()
+        if settings.export_program and (resumed := await exports.resume()):
+            log.info("%d versions stored without model.pt2: exporting them in the background", resumed)
         log.info(
             "serving with the %s backend; stored versions are registered in the background", backend.name
         )
@@ -58,6 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             await supervisor.stop()
             conversions.close()
+            exports.close()
     finally:
         await backend.stop()
 

@@ -52,7 +52,10 @@ class Settings(BaseSettings):
         default=300_000_000, gt=0, description="largest deploy net converted, in parameters"
     )
     conversion_workers: int = Field(default=1, ge=1, description="conversions run at the same time")
-    export_program: bool = Field(default=True, description="write model.pt2 (torch.export) per version")
+    export_program: bool = Field(
+        default=True,
+        description="write model.pt2 (torch.export) per version, in the background after registering",
+    )
 
     backend: Literal["auto", "torchserve", "inprocess"] = Field(
         default="auto", description="auto: TorchServe when Java and torchserve are found, else in-process"

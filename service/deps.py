@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 from .backends.base import InferenceBackend
 from .backends.supervisor import Supervisor
 from .config import Settings
-from .jobs import Conversions
+from .jobs import Conversions, ProgramExports
 from .metrics import Metrics
 from .store import ArtifactStore, MetadataStore, VersionCache
 
@@ -41,6 +41,11 @@ async def _backend(request: Request) -> InferenceBackend:
 
 async def _supervisor(request: Request) -> Supervisor:
     return request.app.state.supervisor  # type: ignore[no-any-return]
+
+
+async def _exports(request: Request) -> ProgramExports:
+    exports: ProgramExports = request.app.state.exports
+    return exports
 
 
 async def _conversions(request: Request) -> Conversions:
@@ -76,5 +81,6 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
+ExportsDep = Annotated[ProgramExports, Depends(_exports)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ActorDep = Annotated[str, Depends(_actor)]

@@ -6,7 +6,8 @@
     ├── URITooLong           a GET /predict image past its query limit          414
     ├── UnsupportedMedia     a body type /predict does not take               415
     ├── BadInput             undecodable image, wrong tensor shape, ...       422
-    └── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
+    ├── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
+    └── NotReady             an artifact still being written (model.pt2)      503 + Retry-After
 Library errors: SpecError 422, CheckpointError 400, EquivalenceError 422 (with the report),
 other ReparamError 400. Bodies past the size caps get 413, too slow 408 (``limits.BodyLimits``). Nothing
 escapes as a 500 with a traceback.
@@ -32,6 +33,7 @@ log = logging.getLogger("reparam.service")
 
 class ServiceError(Exception):
     status = 400
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -64,6 +66,11 @@ class BackendUnavailable(ServiceError):
     retry_after_s = 5
 
 
+class NotReady(ServiceError):
+    status = 503
+    retry_after_s = 2
+
+
 class ErrorBody(BaseModel):
     """Every error answer: one line saying what is wrong (a failed gate adds its ``report``)."""
 
@@ -82,7 +89,7 @@ WHY = {
     414: "query too long: send the image in a POST body",
     415: "a body type this endpoint does not take",
     422: "invalid parameters or body",
-    503: "inference backend unavailable (transient; see Retry-After)",
+    503: "inference backend unavailable, or an artifact still being written (transient; see Retry-After)",
 }
 
 
@@ -107,7 +114,7 @@ def _json(status: int, detail: str, headers: dict[str, str] | None = None, **ext
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, BackendUnavailable) else None
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
         return _json(exc.status, exc.detail, headers, **exc.extra)
 
     @app.exception_handler(EquivalenceError)

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reparam_core import ArchSpec, EquivalenceError, ReparamError, ServingOptions, Weights, convert
+from reparam_core import (
+    ArchSpec,
+    ConversionResult,
+    EquivalenceError,
+    ReparamError,
+    ServingOptions,
+    Weights,
+    convert,
+)
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
@@ -28,6 +36,7 @@ from ..errors import Conflict, ServiceError, status_for
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
 from ..store.metadata import JobState
+from .exports import ProgramExports
 
 log = logging.getLogger("reparam.jobs")
 Progress = Callable[[str], None]  # called (from any thread) with each stage's name as it starts
@@ -99,9 +108,10 @@ class Conversions:
         artifacts: ArtifactStore,
         backend: InferenceBackend,
         metrics: Metrics,
+        exports: ProgramExports,
     ) -> None:
         self.settings, self.metadata, self.versions, self.artifacts = settings, metadata, versions, artifacts
-        self.backend, self.metrics = backend, metrics
+        self.backend, self.metrics, self.exports = backend, metrics, exports
         self.executor = ThreadPoolExecutor(
             max_workers=settings.conversion_workers, thread_name_prefix="convert"
         )
@@ -150,7 +160,7 @@ class Conversions:
         await self._check_architecture(request)
         loop = asyncio.get_running_loop()
         try:
-            digest, report, timings = await loop.run_in_executor(
+            result, digest, timings = await loop.run_in_executor(
                 self.executor, self._convert_and_store, request, progress
             )
         except EquivalenceError as exc:
@@ -163,9 +173,14 @@ class Conversions:
             raise
         self.versions.claim(name, digest)  # the supervisor must not register it meanwhile
         try:
-            return await self._store_and_register(request, digest, report, timings, progress)
+            outcome = await self._store_and_register(
+                request, digest, result.report.model_dump(mode="json"), timings, progress
+            )
         finally:
             self.versions.release(name, digest)
+        if outcome.created and self.settings.export_program:  # off the request path
+            self.exports.schedule(outcome.record, result.deploy_model, result.deploy_spec)
+        return outcome
 
     async def _store_and_register(
         self,
@@ -238,7 +253,9 @@ class Conversions:
                 "new_architecture=true to make it the next version anyway"
             )
 
-    def _convert_and_store(self, request: ConversionRequest, progress: Progress) -> tuple[str, dict, dict]:
+    def _convert_and_store(
+        self, request: ConversionRequest, progress: Progress
+    ) -> tuple[ConversionResult, str, dict[str, float]]:
         result = convert(
             request.spec,
             request.upload.path,
@@ -252,10 +269,10 @@ class Conversions:
         )
         progress("store")
         started = time.perf_counter()
-        digest = self.artifacts.put(result, export=self.settings.export_program)
+        digest = self.artifacts.put(result, export=False)  # model.pt2 comes after registration
         saved = request.upload.seconds + (request.reference.seconds if request.reference else 0.0)
         timings = {"save": saved, **result.timings, "store": time.perf_counter() - started}
-        return digest, result.report.model_dump(mode="json"), timings
+        return result, digest, timings
 
     def _forget(self, record: VersionRecord) -> None:
         self.metadata.delete_version(record.name, record.version)

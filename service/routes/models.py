@@ -9,9 +9,11 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from reparam_core.deploy import PROGRAM
+
 from ..auth import BEARER
-from ..deps import ActorDep, ArtifactsDep, ConversionsDep, MetadataDep
-from ..errors import NotFound, responses
+from ..deps import ActorDep, ArtifactsDep, ConversionsDep, ExportsDep, MetadataDep
+from ..errors import NotFound, NotReady, responses
 from ..store import VersionRecord
 from ..store.artifacts import FILES
 from ..store.metadata import AliasRecord
@@ -134,7 +136,7 @@ async def get_version(name: ModelName, version: VersionNumber, metadata: Metadat
     dependencies=[BEARER],
     summary="Download an artifact (with the token, unless REPARAM_PUBLIC_DOWNLOADS)",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **responses(401, 404)},
+    responses={200: {"content": {"application/octet-stream": {}}}, **responses(401, 404, 503)},
 )
 async def download(
     name: ModelName,
@@ -142,13 +144,17 @@ async def download(
     filename: Annotated[str, Path(description=", ".join(FILES))],
     metadata: MetadataDep,
     artifacts: ArtifactsDep,
+    exports: ExportsDep,
 ) -> FileResponse:
     record = await _version(metadata, name, version)
     if filename not in FILES:
         raise NotFound(f"no artifact {filename!r}; artifacts: {', '.join(FILES)}")
     path = artifacts.local_path(record.digest) / filename
     if not path.exists():
-        raise NotFound(f"{filename} was not produced for this version")
+        if filename == PROGRAM and exports.pending(record.digest):
+            raise NotReady(f"{filename} of {name} v{version} is being exported (after registration)")
+        why = exports.failure(record.digest) if filename == PROGRAM else None
+        raise NotFound(f"{filename} was not produced for this version" + (f": {why}" if why else ""))
     return FileResponse(path, filename=f"{name}-v{version}-{filename}")
 
 

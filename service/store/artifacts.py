@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,7 @@ FILES = (WEIGHTS, SPEC, REPORT, PROGRAM)
 class ArtifactStore(Protocol):
     def put(self, result: ConversionResult, export: bool) -> str: ...
     def local_path(self, digest: str) -> Path: ...
+    def add(self, digest: str, filename: str, write: Callable[[Path], object]) -> bool: ...
     def delete(self, digest: str) -> None: ...
     def clean_staging(self) -> int: ...
 
@@ -63,6 +65,25 @@ class LocalArtifactStore:
         shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # the sha256/<d[:2]> folder, once no digest is left in it
             folder.parent.rmdir()
+
+    def add(self, digest: str, filename: str, write: Callable[[Path], object]) -> bool:
+        """One more file in a stored folder: ``write(path)`` to a staging file, then renamed into
+        the folder (readers see it whole or not at all). False when the folder is gone (deleted)."""
+        folder = self.local_path(digest)
+        if not folder.is_dir():
+            return False
+        handle, name = tempfile.mkstemp(dir=self.root / "tmp", suffix=f".{filename}")
+        os.close(handle)
+        staging = Path(name)
+        try:
+            write(staging)
+            staging.chmod(0o644)
+            if not folder.is_dir():
+                return False
+            os.replace(staging, folder / filename)
+            return True
+        finally:
+            staging.unlink(missing_ok=True)
 
     def clean_staging(self) -> int:
         """Remove uploads and half-written artifacts a stopped process left in ``tmp/``."""

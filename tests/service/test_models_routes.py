@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load
 
+from reparam_core.deploy import load_artifacts
 from service.config import Settings
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, make_checkpoint
+from tests.helpers import convert_form, make_checkpoint, png_bytes, wait_for
 
 
 def test_list_describe_download_delete(
@@ -71,3 +75,66 @@ def test_api_docs_work_offline(client: TestClient) -> None:
         assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
         assert assets and "://" not in "".join(assets), assets
         assert all(client.get(asset).status_code == 200 for asset in assets)
+
+
+def ready(client: TestClient, url: str, waiting: tuple[int, ...] = (404, 503)) -> Any:
+    """The answer to GET ``url`` once it is no longer one of ``waiting``, else None (ask again)."""
+    answer = client.get(url)
+    return None if answer.status_code in waiting else answer
+
+
+def test_model_pt2_is_exported_after_registration_and_after_a_restart(
+    settings: Settings, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversion answers before model.pt2 exists (503 + Retry-After until it does); the program
+    then reproduces the stored net; one a stopped process never wrote comes after the next start."""
+    from reparam_core.deploy import artifacts as library_artifacts
+    from service.app import create_app
+
+    exporting, release = threading.Event(), threading.Event()
+    export = library_artifacts.export_program
+
+    def held_export(*args: Any) -> None:
+        exporting.set()
+        release.wait(timeout=30)
+        export(*args)
+
+    monkeypatch.setattr("service.jobs.exports.export_program", held_export)
+    settings = settings.model_copy(update={"export_program": True})
+    url = "/models/tiny/versions/1/artifacts/model.pt2"
+    with TestClient(create_app(settings)) as client:
+        converted = client.post("/convert", **convert_form(checkpoint))
+        assert converted.status_code == 201 and "export" not in converted.json()["timings"]
+        assert exporting.wait(timeout=30)
+        waiting = client.get(url)
+        assert waiting.status_code == 503 and waiting.headers["Retry-After"] == "2"
+        release.set()
+        program = wait_for(lambda: ready(client, url)).content
+        folder = settings.resolved_artifacts_dir / "sha256" / converted.json()["digest"][:2]
+        (folder / converted.json()["digest"] / "model.pt2").unlink()  # as if it was never written
+    path = Path(settings.data_dir) / "downloaded.pt2"
+    path.write_bytes(program)
+    net, _ = load_artifacts(folder / converted.json()["digest"])
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(torch.export.load(str(path)).module()(x), net(x), rtol=1e-5, atol=1e-6)
+    with TestClient(create_app(settings)) as client:
+        assert wait_for(lambda: ready(client, url)).status_code == 200
+    assert not list((settings.resolved_artifacts_dir / "tmp").iterdir())  # no staging file left
+
+
+def test_a_failed_export_says_why_and_the_version_still_serves(
+    client: TestClient, settings: Settings, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("torch.export could not trace the net")
+
+    monkeypatch.setattr("service.jobs.exports.export_program", broken)
+    client.app.state.settings.export_program = True  # type: ignore[attr-defined]
+    assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+    url = "/models/tiny/versions/1/artifacts/model.pt2"
+    answer = wait_for(lambda: ready(client, url, waiting=(503,)))
+    assert answer.status_code == 404 and "could not trace" in answer.json()["detail"]
+    assert (
+        client.post("/predict/tiny", content=png_bytes(), headers={"Content-Type": "image/png"}).status_code
+        == 200
+    )
