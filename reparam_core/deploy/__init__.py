@@ -7,7 +7,16 @@ memory format, compilation and warm-up of a served net). A TorchServe worker or 
 imports this package only: no block families, checkpoints or conversion code are loaded.
 """
 
-from .artifacts import PROGRAM, REPORT, SPEC, WEIGHTS, load_artifacts, sha256_file, write_artifacts
+from .artifacts import (
+    PROGRAM,
+    REPORT,
+    SPEC,
+    WEIGHTS,
+    export_program,
+    load_artifacts,
+    sha256_file,
+    write_artifacts,
+)
 from .net import FusedConv, PlainNet, StagedNet, build_deploy_model
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Interpolation, PixelNormaliser, Preprocess
 from .serving import (
@@ -42,6 +51,7 @@ __all__ = [
     "StagedNet",
     "build_deploy_model",
     "exact_fp32",
+    "export_program",
     "load_artifacts",
     "parse_serving",
     "prepare_for_serving",

@@ -14,8 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from reparam_core.deploy import PROGRAM, DeploySpec, PlainNet, load_artifacts
-from reparam_core.deploy.artifacts import export_program
+from reparam_core.deploy import PROGRAM, DeploySpec, PlainNet, export_program, load_artifacts
 
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionRecord
