@@ -13,13 +13,14 @@ of one (``reparam_core.threads``), the policy the default is measured against.
 
 Usage: python benchmarks/convert_bench.py [--models A0 B1 B3 S0 | all] [--repeats 3]
                                           [--device cpu|cuda|all] [--load idle|both] [--dry-run]
-Writes benchmarks/results/convert_bench_<device>.json (``--load both``: convert_bench_<device>_load.json)
-and prints a table.
+Writes benchmarks/results/convert_bench_<device>.json (``--load both``: convert_bench_<device>_load.json),
+rewritten after every model, and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -171,21 +172,27 @@ def main(argv: list[str] | None = None) -> None:
     table = every_preset() if "all" in args.models else {m: MODELS[m] for m in args.models}
     conditions = ["idle", "busy"] if args.load == "both" else ["idle"]
     for device in devices:
+        name = f"convert_bench_{device}{'_load' if args.load == 'both' else ''}.json"
+        meta: dict[str, Any] = {
+            "environment": environment(),
+            "repeats": args.repeats,
+            "load_average_at_start": os.getloadavg(),  # what else ran on the machine
+        }
+        rows: list[dict[str, Any]] = []
         with (
             tempfile.TemporaryDirectory() as tmp,
             BusyCore() if args.load == "both" else nullcontext() as load,
         ):
-            rows = [
-                bench_model(key, timm_name, spec, device, args.repeats, Path(tmp), load)
-                for key, (timm_name, spec) in table.items()
-            ]
-        name = f"convert_bench_{device}{'_load' if args.load == 'both' else ''}.json"
-        meta: dict[str, Any] = {"environment": environment(), "repeats": args.repeats}
-        if load is not None:
-            meta["load"] = (
-                f"busy: a second process doing single-threaded fp32 matmuls pinned to core {load.core}"
-            )
-        path = write_json(name, {**meta, "results": rows})
+            if load is not None:
+                meta["load"] = (
+                    f"busy: a second process doing single-threaded fp32 matmuls pinned to core {load.core}"
+                )
+            for key, (
+                timm_name,
+                spec,
+            ) in table.items():  # written after every model: a cut-short run keeps them
+                rows.append(bench_model(key, timm_name, spec, device, args.repeats, Path(tmp), load))
+                path = write_json(name, {**meta, "load_average_now": os.getloadavg(), "results": rows})
         print(f"\n{device}: checkpoint file -> fp32 deploy weights (median of {args.repeats}; {path.name})")
         print_table(rows, conditions)
 

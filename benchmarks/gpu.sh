@@ -2,8 +2,8 @@
 # The GPU benchmarks in one invocation of at most 8 minutes, for an H100/H200 machine:
 #   convert    CUDA conversion, checkpoint file -> fp32 deploy weights, every preset, ours vs timm
 #              (convert_bench.py --device cuda --models all)
-#   inference  deploy throughput fp16/bf16, channels_last, eager and torch.compile, batch 1/64/256,
-#              TFLOP/s next to the dense matmul peak measured on the same GPU
+#   inference  deploy throughput fp16/bf16, channels_last, eager and torch.compile, batch 256 then 1,
+#              B3 then A0, TFLOP/s next to the dense matmul peak measured on the same GPU
 #              (inference_bench.py --device cuda)
 #   serving    /predict p50/p95/p99 through TorchServe on the GPU, 1/8/32 clients
 #              (serve_bench.py --device cuda --backends torchserve)
@@ -58,7 +58,7 @@ STAGES=(convert inference serving)
 declare -A LIMIT=([convert]=140 [inference]=210 [serving]=100)
 declare -A ARGS=(
     [convert]="convert_bench.py --models all --device cuda --repeats 3"
-    [inference]="inference_bench.py --device cuda --models B3 A0 --batches 1 64 --repeats 10 --compile-mode max-autotune"
+    [inference]="inference_bench.py --device cuda --models B3 A0 --batches 256 1 --repeats 10 --compile-mode max-autotune"
     [serving]="serve_bench.py --device cuda --backends torchserve --requests 300 --concurrency 1 8 32"
 )
 declare -A RESULT=([convert]=convert_bench_cuda.json [inference]=inference_bench_cuda.json [serving]=serve_bench_cuda_jpeg.json)

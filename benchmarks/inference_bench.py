@@ -142,7 +142,7 @@ def run_cuda(args: argparse.Namespace, save: Callable[[dict[str, Any]], object])
                 "ours_served": ServingModel(copy.deepcopy(base["ours"]), eager, "cuda").logits,
                 "ours_compiled": ServingModel(copy.deepcopy(base["ours"]), compiled, "cuda").logits,
             }
-            for batch in (*args.batches, 256):
+            for batch in dict.fromkeys((*args.batches, 256)):  # in the order given, 256 last unless named
                 x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=dtype)
                 t = bench(forwards, x, args.repeats, sync=True)
                 work = flops(forwards["ours_served"], x)

@@ -2,9 +2,10 @@
 
 Reading, checking, loading and fusing a checkpoint are streams of memory-bound ops (casts, scales,
 sums) over hundreds of tensors. More threads barely help them on an idle machine, and when another
-process holds one of the cores every multi-threaded op waits for its preempted thread: with a
-second process busy on one of two cores, two threads fused RepVGG-B3 5-30x slower than one
-(``benchmarks/convert_bench.py --load both``). The compute-bound gate keeps every thread.
+process holds one of the cores every multi-threaded op waits for its preempted thread: on a shared
+2-core machine, two threads made the conversion 3-15x slower than one (RepVGG-A0 to B3, with and
+without a second process busy on a core: ``benchmarks/convert_bench.py --load both``). The
+compute-bound gate keeps every thread.
 """
 
 from __future__ import annotations
