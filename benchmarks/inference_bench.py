@@ -13,7 +13,10 @@ deploy net, our deploy net as served (``ServingModel``), and the same compiled w
 torch.utils.flop_counter) next to the dense matmul peak measured on the same GPU.
 
 Usage: python benchmarks/inference_bench.py [--models A0 B1 B3 S0] [--batches 1 8 64] [--repeats 5]
-Writes benchmarks/results/inference_bench_<device>.json and prints the ratios.
+                                            [--device cpu|cuda|all] [--compile-mode max-autotune]
+                                            [--dry-run]
+Writes benchmarks/results/inference_bench_<device>.json (the CUDA file after every row, so a run
+cut short keeps what it measured) and prints the ratios.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import copy
 import statistics
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -120,15 +124,16 @@ def matmul_peak(dtype: torch.dtype, size: int = 8192, repeats: int = 20) -> floa
     return 2 * size**3 / seconds / 1e12
 
 
-def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
+def run_cuda(args: argparse.Namespace, save: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     peaks = {str(d).removeprefix("torch."): matmul_peak(d) for d in (torch.float16, torch.bfloat16)}
     print("dense matmul peak: " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in peaks.items()), flush=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    done = {"matmul_peak_tflops": peaks, "compile_mode": args.compile_mode, "results": rows}
     for key in args.models:
         base = nets(key)
         for precision in ("fp16", "bf16"):
             eager = ServingOptions(precision=precision, channels_last=True)
-            compiled = eager.model_copy(update={"compile": True, "compile_mode": "max-autotune"})
+            compiled = eager.model_copy(update={"compile": True, "compile_mode": args.compile_mode})
             dtype = eager.dtype
             layout = {"device": "cuda", "dtype": dtype, "memory_format": torch.channels_last}
             forwards: dict[str, Forward] = {
@@ -137,7 +142,7 @@ def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
                 "ours_served": ServingModel(copy.deepcopy(base["ours"]), eager, "cuda").logits,
                 "ours_compiled": ServingModel(copy.deepcopy(base["ours"]), compiled, "cuda").logits,
             }
-            for batch in (*args.batches, 256):
+            for batch in dict.fromkeys((*args.batches, 256)):  # in the order given, 256 last unless named
                 x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=dtype)
                 t = bench(forwards, x, args.repeats, sync=True)
                 work = flops(forwards["ours_served"], x)
@@ -151,8 +156,13 @@ def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
                         "compiled_vs_timm": t["timm"] / t["ours_compiled"],
                         "served_vs_train": t["train"] / t["ours_served"],
                         "tflops": {name: work / s / 1e12 for name, s in t.items()},
+                        "peak_share": {
+                            name: work / s / 1e12 / peaks[str(dtype).removeprefix("torch.")]
+                            for name, s in t.items()
+                        },
                     }
                 )
+                save(done)
                 print(
                     f"{key} {rows[-1]['dtype']} batch {batch}: "
                     + ", ".join(
@@ -160,20 +170,34 @@ def run_cuda(args: argparse.Namespace) -> dict[str, Any]:
                     ),
                     flush=True,
                 )
-    return {"matmul_peak_tflops": peaks, "results": rows}
+    return done
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    cpu = run_cpu(args)
-    write_json("inference_bench_cpu.json", {"environment": environment(), "results": cpu})
-    if torch.cuda.is_available():
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    parser.add_argument("--compile-mode", default="max-autotune", help="torch.compile mode on CUDA")
+    parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print them, run nothing")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        print(f"inference_bench: {vars(args)}")
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+    if args.device in ("cpu", "all"):
+        cpu = run_cpu(args)
+        write_json("inference_bench_cpu.json", {"environment": environment(), "results": cpu})
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-        write_json("inference_bench_cuda.json", {"environment": environment(), **run_cuda(args)})
+        save = partial(_save_cuda, environment())
+        save(run_cuda(args, save))
+
+
+def _save_cuda(env: dict[str, Any], done: dict[str, Any]) -> None:
+    write_json("inference_bench_cuda.json", {"environment": env, **done})
 
 
 if __name__ == "__main__":

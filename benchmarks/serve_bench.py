@@ -14,7 +14,8 @@ batched model throughput, and by its throughput at the server's batch size (REPA
 
 Usage: python benchmarks/serve_bench.py [--requests 200] [--concurrency 1 8 32]
                                         [--backends torchserve inprocess] [--image jpeg|png]
-Writes benchmarks/results/serve_bench_cpu_<image>.json.
+                                        [--device cpu|cuda] [--dry-run]
+Writes benchmarks/results/serve_bench_<device>_<image>.json.
 """
 
 from __future__ import annotations
@@ -135,14 +136,14 @@ async def load(
     }
 
 
-def start_server(backend: str, data: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(backend: str, data: Path, port: int, device: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "REPARAM_DATA_DIR": str(data),
         "REPARAM_BACKEND": backend,
         "REPARAM_PORT": str(port),
         "REPARAM_EXPORT_PROGRAM": "false",
-        "REPARAM_DEVICE": "cpu",
+        "REPARAM_DEVICE": device,
         "REPARAM_TORCHSERVE_INFERENCE_PORT": str(free_port()),
         "REPARAM_TORCHSERVE_MANAGEMENT_PORT": str(free_port()),
         "REPARAM_TORCHSERVE_METRICS_PORT": str(free_port()),
@@ -165,18 +166,20 @@ def start_server(backend: str, data: Path, port: int) -> subprocess.Popen[bytes]
     raise RuntimeError(f"{backend} service did not become ready")
 
 
-def model_alone(checkpoint: Path, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+def model_alone(checkpoint: Path, batch_sizes: list[int], repeats: int, device: str) -> list[dict[str, Any]]:
     from reparam_core import ServingModel, ServingOptions, convert
 
-    model = ServingModel(convert(SPEC, checkpoint, validate=False).deploy_model, ServingOptions(), "cpu")
+    model = ServingModel(convert(SPEC, checkpoint, validate=False).deploy_model, ServingOptions(), device)
     rows = []
     for batch in batch_sizes:
         x = torch.randn(batch, 3, 224, 224)
         model.probabilities(x)
         times = []
-        for _ in range(repeats):
+        for _ in range(repeats):  # a CPU batch in, as the service hands it over
             start = time.perf_counter()
             model.probabilities(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         rows.append(
             {
@@ -188,13 +191,20 @@ def model_alone(checkpoint: Path, batch_sizes: list[int], repeats: int) -> list[
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--backends", nargs="+", default=["torchserve", "inprocess"])
     parser.add_argument("--image", choices=["jpeg", "png"], default="jpeg")
-    args = parser.parse_args()
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the service serves")
+    parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print them, run nothing")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        print(f"serve_bench: {vars(args)}")
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
     sys.path.insert(0, str(ROOT))
     from reparam_core import build_train_model
     from reparam_core.example import randomize_statistics as randomize_
@@ -203,6 +213,7 @@ def main() -> None:
     body, media = image(fmt), f"image/{args.image}"
     results: dict[str, Any] = {
         "environment": environment(),
+        "device": args.device,
         "spec": SPEC,
         "image": {"format": fmt, "bytes": len(body), "source": "skimage.data.chelsea() 451x300"},
         "backends": {},
@@ -213,9 +224,11 @@ def main() -> None:
         checkpoint = Path(tmp) / "a0.pth"
         torch.save(randomize_(build_train_model(SPEC)).eval().state_dict(), checkpoint)
         for backend in args.backends:
-            results["model_alone"][backend] = model_alone(checkpoint, sorted({1, batch_size, 32}), 20)
+            results["model_alone"][backend] = model_alone(
+                checkpoint, sorted({1, batch_size, 32}), 20, args.device
+            )
             port = free_port()
-            server = start_server(backend, Path(tmp) / backend, port)
+            server = start_server(backend, Path(tmp) / backend, port, args.device)
             try:
                 base = f"http://127.0.0.1:{port}"
                 with checkpoint.open("rb") as handle:
@@ -246,7 +259,7 @@ def main() -> None:
             "throughput_vs_model_alone_best": rows[-1]["throughput_rps"] / max(alone.values()),
             "throughput_vs_model_alone_same_batch": rows[-1]["throughput_rps"] / alone[batch_size],
         }
-    path = write_json(f"serve_bench_cpu_{args.image}.json", results)
+    path = write_json(f"serve_bench_{args.device}_{args.image}.json", results)
     print(
         f"/predict, RepVGG-A0, {fmt} photo ({len(body)} bytes) -> 224x224, {args.requests} requests per row"
     )

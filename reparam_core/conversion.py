@@ -1,7 +1,8 @@
 """The conversion pipeline: checkpoint + spec -> verified plain deploy net.
 
 Steps (each timed): read the checkpoint safely, build the training net without allocating
-weights, map and strictly check the keys, load in float64 on the device, fuse every block, prove
+weights, map and strictly check the keys, load in float64 on the device, fuse every block (these
+memory-bound steps on one intra-op thread, see :mod:`.threads`), prove
 equivalence (float64 gate at the spec's input size and at a smaller non-square size; float32
 error of the stored weights reported and bounded), cast to the storage dtype.
 """
@@ -28,6 +29,7 @@ from .fusion.row_blocks import fused_state_dict
 from .fusion.swap import count_convs, reparameterize
 from .gate import ServingReport, check_reference, check_serving, run_gate
 from .reference import Reference, read_reference
+from .threads import intra_op_threads
 
 
 class ConversionReport(BaseModel):
@@ -127,35 +129,36 @@ def convert(
     fused net is also held to those outputs."""
     timer = _Timer(progress)
     target = resolve_device(device)
-    with timer.stage("parse"):
-        arch = parse_spec(spec)
-    with timer.stage("read"):
-        if isinstance(checkpoint, dict):
-            state, notes, chosen = dict(checkpoint), list[str](), "only"
-        else:
-            state, notes, chosen = read_checkpoint(checkpoint, checkpoint_name, weights)
-        check_values(state)
-        expected = None
-        if reference is not None and not validate:
-            raise SpecError("a reference needs the equivalence gate (validate=True)")
-        if reference is not None:
-            expected = (
-                reference
-                if isinstance(reference, Reference)
-                else read_reference(reference, arch.in_channels, arch.num_classes, arch.input_size)
-            )
-    with timer.stage("build"):
-        model = build_train_model(arch, device="meta")
-        try:
-            fmt = load_into(model, state, target)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{exc}{_fitting_presets(arch, state)}") from None
-        model.eval()
-    with timer.stage("fuse"):
-        fused = fused_state_dict(model, storage_dtype)
-    with timer.stage("assemble"):
-        deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
-        stored = _storage_model(deploy_spec, fused)
+    with intra_op_threads():  # memory-bound stages: see reparam_core.threads
+        with timer.stage("parse"):
+            arch = parse_spec(spec)
+        with timer.stage("read"):
+            if isinstance(checkpoint, dict):
+                state, notes, chosen = dict(checkpoint), list[str](), "only"
+            else:
+                state, notes, chosen = read_checkpoint(checkpoint, checkpoint_name, weights)
+            check_values(state)
+            expected = None
+            if reference is not None and not validate:
+                raise SpecError("a reference needs the equivalence gate (validate=True)")
+            if reference is not None:
+                expected = (
+                    reference
+                    if isinstance(reference, Reference)
+                    else read_reference(reference, arch.in_channels, arch.num_classes, arch.input_size)
+                )
+        with timer.stage("build"):
+            model = build_train_model(arch, device="meta")
+            try:
+                fmt = load_into(model, state, target)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc}{_fitting_presets(arch, state)}") from None
+            model.eval()
+        with timer.stage("fuse"):
+            fused = fused_state_dict(model, storage_dtype)
+        with timer.stage("assemble"):
+            deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
+            stored = _storage_model(deploy_spec, fused)
     fp64: list[EquivalenceReport] = []
     fp32 = fp32_train = served = against_reference = None
     if validate:

@@ -60,3 +60,24 @@ def test_mixed_precision_inputs_fuse_in_float64() -> None:
     mixed = block.kernel_bias_rows(slice(None))
     assert mixed[0].dtype == torch.float64
     assert torch.equal(mixed[0], exact[0]) and torch.equal(mixed[1], exact[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fusion_on_cuda_stays_there_and_equals_the_cpu_result() -> None:
+    spec = {
+        "family": "repvgg",
+        "stem": {"width": 16},
+        "stages": [{"depth": 2, "width": 24, "groups": [1, 3]}],
+        "num_classes": 3,
+    }
+    model = randomize_(build_train_model(spec)).eval()
+    layout = {
+        k: v.double() if v.is_floating_point() and v.ndim != 4 else v for k, v in model.state_dict().items()
+    }
+    model.load_state_dict(layout, assign=True)  # the loader's layout: fp32 kernels, fp64 statistics
+    on_cpu = fused_state_dict(model, torch.float32)
+    on_gpu = fused_state_dict(model.to("cuda"), torch.float32)
+    assert all(v.device.type == "cuda" for v in on_gpu.values())
+    assert on_cpu.keys() == on_gpu.keys()
+    assert all(torch.equal(on_cpu[k], on_gpu[k].cpu()) for k in on_cpu)

@@ -173,3 +173,32 @@ def test_dilate_equals_dilated_conv() -> None:
     assert (
         rel_err(F.conv2d(x, dense, padding=(2, 3)), F.conv2d(x, k, padding=(2, 3), dilation=(2, 3))) < 1e-14
     )
+
+
+@pytest.mark.parametrize("narrow", [torch.float32, torch.float16, torch.bfloat16])
+def test_scale_casts_a_narrower_kernel_once_with_the_promoted_result(narrow: torch.dtype) -> None:
+    kernel = torch.randn(6, 4, 3, 3).to(narrow)
+    factors = torch.rand(6) + 0.5
+    before = kernel.clone()
+    scaled = kernels.scale(kernel, factors)
+    assert scaled.dtype == torch.float64
+    assert torch.equal(scaled, kernel.double() * factors.reshape(-1, 1, 1, 1))  # bit for bit
+    assert torch.equal(kernel, before)  # the input is never scaled in place
+
+
+def test_fold_bn_of_a_float32_kernel_equals_the_float64_fold() -> None:
+    kernel = torch.randn(5, 3, 3, 3).float()
+    mean, var, gamma, beta = torch.randn(5), torch.rand(5) + 0.1, torch.randn(5), torch.randn(5)
+    got = kernels.fold_bn(kernel, mean, var, gamma, beta, 1e-5)
+    expected = kernels.fold_bn(kernel.double(), mean, var, gamma, beta, 1e-5)
+    assert got[0].dtype == torch.float64
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_scale_of_a_narrower_kernel_stays_differentiable() -> None:
+    kernel = torch.randn(4, 2, 3, 3).float().requires_grad_()
+    factors = (torch.rand(4) + 0.5).requires_grad_()
+    kernels.scale(kernel, factors).sum().backward()
+    assert kernel.grad is not None and factors.grad is not None
+    assert torch.allclose(factors.grad, kernel.detach().double().sum(dim=(1, 2, 3)))
+    assert torch.equal(kernel.grad, factors.detach().float().reshape(-1, 1, 1, 1).expand(4, 2, 3, 3))
