@@ -1,10 +1,12 @@
 """The conversion pipeline: checkpoint + spec -> verified plain deploy net.
 
 Steps (each timed): read the checkpoint safely, build the training net without allocating
-weights, map and strictly check the keys, load in float64 on the device, fuse every block (these
-memory-bound steps on one intra-op thread, see :mod:`.threads`), prove
-equivalence (float64 gate at the spec's input size and at a smaller non-square size; float32
-error of the stored weights reported and bounded), cast to the storage dtype.
+weights, map and strictly check the keys, load in float64 on the device, fuse every block into the
+storage dtype (these memory-bound steps on one intra-op thread, see :mod:`.threads`), prove
+equivalence (docs/gate.md: every block against its fused layer in float64 on a probe input of its
+own geometry, the stored weights against the float64 fused weights, and the stored net against the
+float64 training net on a small whole-net input, bounded by the training net's own error in the
+stored precision).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from .arch import ArchSpec, build_train_model, parse_spec
+from .block_gate import WeightsReport
 from .checkpoints import Weights, check_values, fits, load_into, read_checkpoint
 from .deploy import DeploySpec, PlainNet, ServingOptions, build_deploy_model, write_artifacts
 from .equivalence import EquivalenceReport, resolve_device
@@ -42,9 +45,10 @@ class ConversionReport(BaseModel):
     device: str
     tolerance: float
     passed: bool
-    fp64: list[EquivalenceReport]
-    fp32: EquivalenceReport | None
+    fp64: list[EquivalenceReport]  # per block (``where``: its name)
+    fp32: EquivalenceReport | None  # the stored net, whole
     fp32_train: EquivalenceReport | None
+    stored_weights: WeightsReport | None = None
     serving: ServingReport | None = None
     reference: EquivalenceReport | None = None  # against the user's own outputs, when given
     params_train: int
@@ -160,15 +164,14 @@ def convert(
             deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
             stored = _storage_model(deploy_spec, fused)
     fp64: list[EquivalenceReport] = []
-    fp32 = fp32_train = served = against_reference = None
+    fp32 = fp32_train = stored_weights = served = against_reference = None
     if validate:
         with timer.stage("validate"):
-            # Re-fused in float64 through the blocks' own modules: a second path to the same weights.
-            deploy = reparameterize(model.double())
-            shape = (2, arch.in_channels, *arch.input_size)
-            gate = run_gate(model, deploy, stored, shape, target, tolerance, seed)
+            gate = run_gate(model, stored, target, tolerance, seed)
             fp64, fp32, fp32_train = gate.fp64, gate.stored, gate.stored_train
-            if expected is not None:
+            stored_weights = gate.weights
+            if expected is not None:  # the user's inputs: the whole float64 fused net
+                deploy = reparameterize(model.double())
                 against_reference = check_reference(model, deploy, expected, target, tolerance)
         if serving is not None:
             with timer.stage("serving"):
@@ -181,12 +184,14 @@ def convert(
         device=str(target),
         tolerance=tolerance,
         passed=all(r.passed for r in fp64)
+        and (stored_weights is None or stored_weights.passed)
         and (fp32 is None or fp32.passed)
         and (served is None or served.equivalence.passed)
         and (against_reference is None or against_reference.passed),
         fp64=fp64,
         fp32=fp32,
         fp32_train=fp32_train,
+        stored_weights=stored_weights,
         serving=served,
         reference=against_reference,
         params_train=_params(model),
@@ -208,11 +213,19 @@ def _failures(report: ConversionReport) -> str:
         failed.append(report.serving.equivalence)
     if report.reference is not None and not report.reference.passed:
         failed.append(report.reference)
-    return "; ".join(
-        f"{r.dtype} at {'x'.join(map(str, r.input_shape))}: max relative error {r.max_rel_error:.3e} "
-        f"> tolerance {r.tolerance or 0:.3g}"
+    messages = [
+        f"{r.dtype} at {r.where + ' on ' if r.where else ''}{'x'.join(map(str, r.input_shape))}: "
+        + (f"fails to run ({r.error})" if r.error else f"max relative error {r.max_rel_error:.3e}")
+        + f" > tolerance {r.tolerance or 0:.3g}"
         for r in failed
-    )
+    ]
+    weights = report.stored_weights
+    if weights is not None and not weights.passed:
+        messages.append(
+            f"stored {weights.dtype} weights of {weights.where}: max elementwise relative difference "
+            f"from the float64 fused weights {weights.max_rel_error:.3e} > {weights.tolerance:.3g}"
+        )
+    return "; ".join(messages)
 
 
 def _params(model: nn.Module) -> int:

@@ -1,8 +1,9 @@
 """Numerical proof that a fused model computes what the training model computes.
 
 :func:`check_equivalence` runs two models on the same seeded inputs and reports relative errors
-(:class:`EquivalenceReport`); :func:`gate_shapes` is where the conversion gate runs them; TF32 is
-switched off while measuring (:func:`tf32_disabled`).
+(:class:`EquivalenceReport`); :func:`gate_shapes` is where the graph-fusion gate runs them (the conversion
+gate probes a block at a time, see :mod:`reparam_core.gate`); TF32 is switched off while measuring
+(:func:`tf32_disabled`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
+from math import inf
 from typing import Any
 
 import torch
@@ -23,8 +25,12 @@ class EquivalenceReport(BaseModel):
     ``max_rel_error`` is ``max|a-b| / max|ref|``; ``rel_l2_error`` is ``||a-b|| / ||ref||``;
     ``top1_agreement`` is the share of rows whose arg-max agrees (2-D outputs only). Without a
     ``tolerance`` (a measurement for information), ``passed`` only says the outputs are finite.
+    Outputs of different shapes count as infinitely far apart. ``where`` names the part compared
+    (a block of the net) when it is not the whole net; ``error`` says why the candidate gave no
+    output to compare (it failed to run on the input).
     """
 
+    where: str | None = None
     input_shape: list[int]
     dtype: str
     device: str
@@ -34,6 +40,7 @@ class EquivalenceReport(BaseModel):
     top1_agreement: float | None
     tolerance: float | None
     passed: bool
+    error: str | None = None
 
 
 def set_tf32(enabled: bool) -> None:
@@ -54,7 +61,7 @@ def tf32_disabled() -> Iterator[None]:
 
 
 def gate_shapes(input_shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """Where a gate compares two nets: ``input_shape`` ``(N, C, H, W)`` itself, plus a smaller
+    """Where the graph-fusion gate compares two nets: ``input_shape`` ``(N, C, H, W)`` itself, plus a smaller
     non-square input of batch 1 (borders and SE pooling behave differently there)."""
     n, c, h, w = input_shape
     small_h, small_w = max(8, h // 2 + 1), max(8, w // 2 + 9)
@@ -72,6 +79,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def compare_outputs(reference: Tensor, candidate: Tensor) -> dict[str, Any]:
     """The error measures of :class:`EquivalenceReport`, computed in float64."""
+    if reference.shape != candidate.shape:
+        return {"max_abs_error": inf, "max_rel_error": inf, "rel_l2_error": inf, "top1_agreement": None}
     ref, cand = reference.detach().double(), candidate.detach().double()
     diff = (ref - cand).abs()
     scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
@@ -96,10 +105,12 @@ def measure(
     dtype: torch.dtype,
     device: torch.device | str,
     tolerance: float | None,
+    where: str | None = None,
 ) -> EquivalenceReport:
     """Build an :class:`EquivalenceReport` from two outputs for the same input."""
     errors = compare_outputs(reference_output, candidate_output)
     return EquivalenceReport(
+        where=where,
         input_shape=list(input_shape),
         dtype=str(dtype).removeprefix("torch."),
         device=str(device),

@@ -1,26 +1,35 @@
 """The conversion gate: the fused net against the training net, in float64 and as it will be served,
 and against the user's own model's outputs when a reference file comes with the checkpoint.
+Why these checks, at these sizes, are enough: docs/gate.md.
 
-float64: training vs fused net at every :func:`~reparam_core.equivalence.gate_shapes` shape,
-bounded by the caller's tolerance. Stored precision (float32) and serving configuration: against
-the float64 training net, bounded relative to the training net's *own* error in that precision
-(deep nets amplify rounding differently; a deploy net may not be less accurate than the net it
-replaces, up to ``SLACK``), with a floor per format. Reference outputs: the float64 fused net
-against them, bounded by the tolerance when they are float64, else by the same rule in their dtype
-(they carry the rounding of the precision they were computed in).
+float64, per block (:mod:`reparam_core.block_gate`): every training block against its deploy
+layer with the float64 fused weights, on a probe input of the block's own geometry, bounded by
+the caller's tolerance; and the stored weights against the float64 fused weights, elementwise,
+bounded by the storage dtype's rounding. Whole net, in the stored precision (float32): the stored
+net, rebuilt from its deploy spec, against the float64 training net on a
+:func:`~reparam_core.probes.wiring_probe_size` input, bounded relative to the training net's *own*
+error in that precision (deep nets amplify rounding differently; a deploy net may not be less
+accurate than the net it replaces, up to ``SLACK``), with a floor per format; the serving
+configuration likewise. Reference outputs: the float64 fused net against them, bounded by the
+tolerance when they are float64, else by the same rule in their dtype (they carry the rounding
+of the precision they were computed in).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
+from torch.func import functional_call
 
+from .block_gate import WeightsReport, check_blocks
 from .deploy import DeploySpec, PlainNet, ServingOptions, prepare_for_serving
-from .equivalence import EquivalenceReport, gate_shapes, measure, random_input, tf32_disabled
+from .equivalence import EquivalenceReport, measure, random_input, tf32_disabled
+from .probes import wiring_probe_size
 from .reference import Reference
 
 SLACK = 10.0
@@ -29,6 +38,7 @@ FP32_FLOOR = 1e-5
 # itself unusually accurate in that precision.
 REFERENCE_CHUNK = 8  # reference inputs through the float64 nets at a time (bounded memory)
 FLOORS = {torch.float32: FP32_FLOOR, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+WIRING_BATCH = 2  # two samples: nothing in the net may mix them (pooling over the batch)
 
 
 class ServingReport(BaseModel):
@@ -45,49 +55,48 @@ class ServingReport(BaseModel):
 
 
 def run_in(model: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``model`` run in ``dtype`` on a copy: the float64 net itself is never rounded (casting it
-    down and back would leave float64 checkpoints with float32 weights for every later check)."""
-    return copy.deepcopy(model).to(dtype)(x.to(dtype))
+    """``model`` run in ``dtype`` without being modified or copied whole: its floating tensors are
+    passed cast (those already in ``dtype`` as they are), so the float64 net itself is never rounded."""
+    tensors = chain(model.named_parameters(), model.named_buffers())
+    cast = {name: t.to(dtype) for name, t in tensors if t.is_floating_point()}
+    return functional_call(model, cast, (x.to(dtype),))  # type: ignore[no-any-return]
 
 
 @dataclass
 class GateResult:
-    fp64: list[EquivalenceReport]
+    fp64: list[EquivalenceReport]  # per block
+    weights: WeightsReport  # the stored weights against the float64 fused weights
     stored: EquivalenceReport  # the stored (float32) net
     stored_train: EquivalenceReport  # the training net in the stored precision: the baseline
-    first_input: Tensor
-    first_reference: Tensor
+    first_input: Tensor  # the whole-net (wiring) input
+    first_reference: Tensor  # the float64 training net's output on it
 
 
 def run_gate(
-    model: nn.Module,
-    deploy: nn.Module,
-    stored: PlainNet,
-    input_shape: tuple[int, int, int, int],
-    device: torch.device,
-    tolerance: float,
-    seed: int,
+    model: nn.Module, stored: PlainNet, device: torch.device, tolerance: float, seed: int
 ) -> GateResult:
-    """fp64 training vs fp64 fused net at every gate shape; at the first, the stored net and (as the
-    baseline it is held to) the training net in the stored precision, both against the fp64
-    reference. The first shape's input and reference output are kept for the serving check."""
-    model.double()
-    deploy.double()
-    fp64: list[EquivalenceReport] = []
+    """The per-block float64 checks, streamed through the float64 training net's forward on a
+    wiring-probe input; on that input, the stored net and (as the baseline it is held to) the
+    training net in the stored precision, both against the float64 output. The input and output
+    are kept for the serving check."""
+    spec = stored.spec
+    shape = (WIRING_BATCH, spec.in_channels, *wiring_probe_size(spec))
+    x = random_input(shape, seed).to(device)
+    dtype = next(stored.parameters()).dtype
     with tf32_disabled(), torch.inference_mode():
-        for i, shape in enumerate(gate_shapes(input_shape)):
-            x = random_input(shape, seed + i).to(device)
-            reference = model(x)
-            fp64.append(measure(reference, deploy(x), shape, torch.float64, device, tolerance))
-            if i == 0:
-                first_input, first_reference = x, reference
-                dtype = next(stored.parameters()).dtype
-                stored_train = measure(reference, run_in(model, x, dtype), shape, dtype, device, None)
-                bound = max(FP32_FLOOR, SLACK * stored_train.max_rel_error)
-                out = stored.to(device)(x.to(dtype))
-                stored_report = measure(reference, out, shape, dtype, device, bound)
-                stored.to("cpu")
-    return GateResult(fp64, stored_report, stored_train, first_input, first_reference)
+        blocks = check_blocks(model, stored, x, tolerance, seed)
+        reference = blocks.output
+        stored_train = measure(reference, run_in(model, x, dtype), shape, dtype, device, None)
+        bound = max(FLOORS.get(dtype, FP32_FLOOR), SLACK * stored_train.max_rel_error)
+        try:
+            out = stored.to(device)(x.to(dtype))
+            stored_report = measure(reference, out, shape, dtype, device, bound)
+        except RuntimeError as exc:  # a deploy net that cannot run on the input is not equivalent
+            failed = measure(reference, reference.new_empty(0), shape, dtype, device, bound)
+            stored_report = failed.model_copy(update={"error": str(exc).splitlines()[0][:200]})
+        finally:
+            stored.to("cpu")
+    return GateResult(blocks.fp64, blocks.weights, stored_report, stored_train, x, reference)
 
 
 def check_serving(

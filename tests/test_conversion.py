@@ -9,9 +9,8 @@ import torch
 from torch import Tensor
 
 from reparam_core import CheckpointError, EquivalenceError, PlainNet
-from reparam_core.arch import build_train_model, parse_spec
+from reparam_core.arch import build_train_model
 from reparam_core.conversion import convert
-from reparam_core.equivalence import gate_shapes
 from tests.helpers import TINY, randomize_, state_of
 
 
@@ -37,16 +36,18 @@ def test_every_block_family_converts_through_the_pipeline(block: str) -> None:
     assert set(result.timings) == {"parse", "read", "build", "fuse", "assemble", "validate"}
 
 
-def test_gate_covers_spec_size_and_a_smaller_non_square_size() -> None:
-    shapes = gate_shapes((2, 3, *parse_spec(TINY).input_size))
-    assert shapes[0] == (2, 3, 32, 24)
-    (_, _, h, w) = shapes[1]
-    assert h != w and h < 32
+def test_gate_checks_every_block_on_its_own_probe_and_the_stored_net_whole() -> None:
+    report = convert(TINY, state_of(TINY)).report
+    assert [r.where for r in report.fp64] == ["stem", "stages.0.0", "stages.0.1", "stages.1.0"]
+    assert [r.input_shape for r in report.fp64] == [[1, 3, 5, 6], [1, 8, 5, 6], [1, 8, 3, 4], [1, 8, 5, 6]]
+    assert report.fp32 is not None and report.fp32.input_shape == [2, 3, 9, 10]  # 3 strides: >= 3 px each
+    assert report.stored_weights is not None and report.stored_weights.passed
+    assert report.stored_weights.max_rel_error <= report.stored_weights.tolerance == 2.0**-23
 
 
-def test_gate_failure_raises_with_the_report() -> None:
+def test_gate_failure_raises_with_the_report_naming_the_block() -> None:
     with pytest.raises(
-        EquivalenceError, match=r"float64 at 2x3x32x24: max relative error .* > tolerance 1e-30"
+        EquivalenceError, match=r"float64 at stem on 1x3x5x6: max relative error .* > tolerance 1e-30"
     ) as info:
         convert(TINY, state_of(TINY), tolerance=1e-30)  # fp64 rounding alone exceeds this
     assert info.value.report is not None and not info.value.report.passed
