@@ -220,6 +220,7 @@ class Conversions:
             serving=request.serving,
             weights=request.weights,
             reference=request.reference.path if request.reference else None,
+            onnx=True,  # model.onnx is an artifact of every version
         )
         started = time.perf_counter()
         digest = self.artifacts.put(result, export=self.settings.export_program)
