@@ -40,8 +40,9 @@ Precision = Literal["fp32", "fp16", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# What each runtime serves. ONNX Runtime's CPU provider has no bf16/fp16 convolution kernels (it
-# would cast around every op); OpenVINO's CPU plugin computes fp16 only on CPUs with AVX512-FP16.
+# What each runtime serves. ONNX Runtime's CPU execution provider has no bf16 convolution kernels
+# and fp16 ones only on some CPUs (elsewhere it casts around each op); OpenVINO's CPU plugin computes
+# fp16 only on CPUs with AVX512-FP16 (or ARM), bf16 natively with AVX512-BF16 or AMX.
 PRECISIONS: dict[str, tuple[str, ...]] = {
     "torch": ("fp32", "fp16", "bf16"),
     "onnxruntime": ("fp32",),
