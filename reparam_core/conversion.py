@@ -6,7 +6,8 @@ storage dtype (these memory-bound steps on one intra-op thread, see :mod:`.threa
 equivalence (docs/gate.md: every block against its fused layer in float64 on a probe input of its
 own geometry, the stored weights against the float64 fused weights, and the stored net against the
 float64 training net on a small whole-net input, bounded by the training net's own error in the
-stored precision).
+stored precision); optionally export ``model.onnx`` and check it in ONNX Runtime against the
+float64 training net.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ from torch import Tensor, nn
 from .arch import ArchSpec, build_train_model, parse_spec
 from .block_gate import WeightsReport
 from .checkpoints import Weights, check_values, fits, load_into, read_checkpoint
-from .deploy import DeploySpec, PlainNet, ServingOptions, build_deploy_model, write_artifacts
+from .deploy import (
+    CpuCapabilities,
+    DeploySpec,
+    PlainNet,
+    ServingOptions,
+    build_deploy_model,
+    cpu_capabilities,
+    export_onnx,
+    write_artifacts,
+)
 from .equivalence import EquivalenceReport, resolve_device
 from .errors import CheckpointError, EquivalenceError, SpecError
 from .fusion.row_blocks import fused_state_dict
 from .fusion.swap import count_convs, reparameterize
-from .gate import ServingReport, check_reference, check_serving, run_gate
+from .gate import ServingReport, check_onnx, check_reference, check_serving, run_gate
 from .reference import Reference, read_reference
 from .threads import intra_op_threads
 
@@ -51,6 +61,8 @@ class ConversionReport(BaseModel):
     stored_weights: WeightsReport | None = None
     serving: ServingReport | None = None
     reference: EquivalenceReport | None = None  # against the user's own outputs, when given
+    onnx: EquivalenceReport | None = None  # model.onnx in ONNX Runtime, when exported
+    cpu: CpuCapabilities | None = None  # the CPU this conversion ran on
     params_train: int
     params_deploy: int
     convs_train: int
@@ -64,15 +76,19 @@ class ConversionResult:
     deploy_spec: DeploySpec
     report: ConversionReport
     timings: dict[str, float] = field(default_factory=dict)
+    onnx: bytes | None = None  # model.onnx, when exported
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach().contiguous() for k, v in self.deploy_model.state_dict().items()}
 
     def save(self, out_dir: str | Path, *, export: bool = True) -> dict[str, str]:
-        """Write the artifacts (weights, deploy spec, report, optionally the exported program) to
-        ``out_dir``, atomically; returns the sha256 of every file."""
+        """Write the artifacts (weights, deploy spec, report, optionally the exported program, and
+        ``model.onnx`` when it was exported) to ``out_dir``, atomically; returns the sha256 of every
+        file."""
         report = {"report": self.report.model_dump(mode="json"), "timings": self.timings}
-        return write_artifacts(self.deploy_model, self.deploy_spec, report, out_dir, export=export)
+        return write_artifacts(
+            self.deploy_model, self.deploy_spec, report, out_dir, export=export, onnx=self.onnx
+        )
 
 
 class _Timer:
@@ -121,6 +137,7 @@ def convert(
     serving: ServingOptions | None = None,
     weights: Weights = "auto",
     reference: str | Path | bytes | dict[str, Tensor] | Reference | None = None,
+    onnx: bool = False,
 ) -> ConversionResult:
     """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
     report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
@@ -130,7 +147,10 @@ def convert(
     relative to the training net run in that precision. ``weights`` picks the model or EMA weights
     of a checkpoint that has both (``auto``: the model's). With ``reference`` (a safetensors file
     of ``inputs`` and the user's own model's ``outputs``, see :mod:`reparam_core.reference`), the
-    fused net is also held to those outputs."""
+    fused net is also held to those outputs. With ``onnx`` (implied by a ``serving`` runtime other
+    than torch), the float32 deploy net is exported to ONNX (``result.onnx``, saved as
+    ``model.onnx``; needs the ``service`` extra) and, with ``validate``, checked in ONNX Runtime
+    against the float64 training net (``report.onnx``)."""
     timer = _Timer(progress)
     target = resolve_device(device)
     with intra_op_threads():  # memory-bound stages: see reparam_core.threads
@@ -164,7 +184,11 @@ def convert(
             deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
             stored = _storage_model(deploy_spec, fused)
     fp64: list[EquivalenceReport] = []
-    fp32 = fp32_train = stored_weights = served = against_reference = None
+    fp32 = fp32_train = stored_weights = served = against_reference = onnx_check = None
+    onnx_model = None
+    if onnx or (serving is not None and serving.onnx):
+        with timer.stage("onnx"):
+            onnx_model = export_onnx(stored, deploy_spec.sample_shape())
     if validate:
         with timer.stage("validate"):
             gate = run_gate(model, stored, target, tolerance, seed)
@@ -173,9 +197,11 @@ def convert(
             if expected is not None:  # the user's inputs: the whole float64 fused net
                 deploy = reparameterize(model.double())
                 against_reference = check_reference(model, deploy, expected, target, tolerance)
+            if onnx_model is not None:
+                onnx_check = check_onnx(onnx_model, gate)
         if serving is not None:
             with timer.stage("serving"):
-                served = check_serving(model, stored, deploy_spec, serving, target, gate)
+                served = check_serving(model, stored, deploy_spec, serving, target, gate, onnx_model)
     report = ConversionReport(
         arch=arch.name,
         checkpoint_format=fmt,
@@ -187,13 +213,16 @@ def convert(
         and (stored_weights is None or stored_weights.passed)
         and (fp32 is None or fp32.passed)
         and (served is None or served.equivalence.passed)
-        and (against_reference is None or against_reference.passed),
+        and (against_reference is None or against_reference.passed)
+        and (onnx_check is None or onnx_check.passed),
         fp64=fp64,
         fp32=fp32,
         fp32_train=fp32_train,
         stored_weights=stored_weights,
         serving=served,
         reference=against_reference,
+        onnx=onnx_check,
+        cpu=cpu_capabilities(),
         params_train=_params(model),
         params_deploy=_params(stored),
         convs_train=count_convs(model),
@@ -202,7 +231,7 @@ def convert(
     )
     if validate and not report.passed:
         raise EquivalenceError(f"equivalence gate failed for {arch.name}: {_failures(report)}", report)
-    return ConversionResult(stored, deploy_spec, report, timer.timings)
+    return ConversionResult(stored, deploy_spec, report, timer.timings, onnx_model)
 
 
 def _failures(report: ConversionReport) -> str:
@@ -213,6 +242,8 @@ def _failures(report: ConversionReport) -> str:
         failed.append(report.serving.equivalence)
     if report.reference is not None and not report.reference.passed:
         failed.append(report.reference)
+    if report.onnx is not None and not report.onnx.passed:
+        failed.append(report.onnx)
     messages = [
         f"{r.dtype} at {r.where + ' on ' if r.where else ''}{'x'.join(map(str, r.input_shape))}: "
         + (f"fails to run ({r.error})" if r.error else f"max relative error {r.max_rel_error:.3e}")

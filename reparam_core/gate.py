@@ -12,7 +12,8 @@ error in that precision (deep nets amplify rounding differently; a deploy net ma
 accurate than the net it replaces, up to ``SLACK``), with a floor per format; the serving
 configuration likewise. Reference outputs: the float64 fused net against them, bounded by the
 tolerance when they are float64, else by the same rule in their dtype (they carry the rounding
-of the precision they were computed in).
+of the precision they were computed in). ``model.onnx``: run in ONNX Runtime
+against the float64 training net, held to the stored net's bound.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.func import functional_call
 
 from .block_gate import WeightsReport, check_blocks
 from .deploy import DeploySpec, PlainNet, ServingOptions, prepare_for_serving
+from .deploy.runtimes import onnx_runner
 from .equivalence import EquivalenceReport, measure, random_input, tf32_disabled
 from .probes import wiring_probe_size
 from .reference import Reference
@@ -106,10 +108,13 @@ def check_serving(
     options: ServingOptions,
     device: torch.device,
     gate: GateResult,
+    onnx: bytes | None = None,
 ) -> ServingReport:
-    """The stored net prepared as ``options`` say (and warmed up, compiling if asked) against the
-    float64 training net on the gate's first input, bounded by the training net's own error in the
-    serving precision."""
+    """The stored net (or, for the ONNX runtimes, ``onnx``) prepared as ``options`` say (and warmed
+    up, compiling if asked) against the float64 training net on the gate's first input, bounded by
+    the training net's own error in the serving precision."""
+    if options.onnx and onnx is None:
+        raise ValueError(f"runtime {options.runtime} is checked on model.onnx: pass it")
     x, reference = gate.first_input, gate.first_reference
     shape = tuple(x.shape)
     dtype = options.dtype
@@ -119,17 +124,28 @@ def check_serving(
         else:
             with torch.inference_mode():
                 baseline = measure(reference, run_in(model, x, dtype), shape, dtype, device, None)
-        served = prepare_for_serving(copy.deepcopy(stored), deploy_spec, options, device, (1, shape[0]))
-        output = served.logits(x.float())
+        net = onnx if options.onnx and onnx is not None else copy.deepcopy(stored)
+        served = prepare_for_serving(net, deploy_spec, options, device, (1, shape[0]))
+        output = served.logits(x.float()).to(reference.device)
     bound = max(FLOORS[dtype], SLACK * baseline.max_rel_error)
     return ServingReport(
         options=options,
-        device=str(device),
+        device=str(served.device),
         equivalence=measure(reference, output, shape, dtype, device, bound),
         train_same_precision=baseline,
         compile_seconds=served.compile_seconds,
         warmup_seconds=served.warmup_seconds,
     )
+
+
+def check_onnx(onnx: bytes, gate: GateResult) -> EquivalenceReport:
+    """``model.onnx`` in ONNX Runtime (CPU, float32) against the float64 training net on the gate's
+    first input, held to the stored float32 net's bound."""
+    x, reference = gate.first_input, gate.first_reference
+    output = onnx_runner("onnxruntime", onnx, "fp32")(x.detach().float().cpu()).to(reference.device)
+    bound = max(FP32_FLOOR, SLACK * gate.stored_train.max_rel_error)
+    report = measure(reference, output, tuple(x.shape), torch.float32, "cpu", bound)
+    return report.model_copy(update={"dtype": f"onnx {report.dtype}"})
 
 
 def check_reference(

@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 import torch
 from torch import Tensor
 
 from reparam_core import build_train_model
+from reparam_core.deploy import cpu_capabilities
 from reparam_core.example import randomize_statistics as randomize_
 
 __all__ = [
+    "NATIVE_BF16",
     "ROOT",
     "SERVICE_SPEC",
     "TINY",
@@ -39,6 +42,8 @@ __all__ = [
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
+# bf16 serving on the CPU is refused without native bf16 (avx512_bf16 / AMX): its tests need one.
+NATIVE_BF16 = pytest.mark.skipif(not cpu_capabilities().bf16, reason="this CPU has no native bf16")
 
 # A small RepVGG for library tests (non-square input).
 TINY: dict[str, Any] = {

@@ -2,7 +2,9 @@
 
 ``model.safetensors`` (fused weights), ``deploy_spec.json`` (architecture), ``report.json``
 (equivalence report, timings, digests) and ``model.pt2`` (a ``torch.export`` program with a
-dynamic batch dimension, checked to reproduce the eager deploy net). Everything is written into a
+dynamic batch dimension, checked to reproduce the eager deploy net), ``model.onnx`` when the
+conversion produced one (the fp32 deploy net in ONNX, dynamic batch, checked with ONNX Runtime
+against the float64 training net; what the ONNX serving runtimes run). Everything is written into a
 temporary sibling folder that replaces the target in one rename: a failure leaves nothing behind.
 """
 
@@ -31,6 +33,7 @@ WEIGHTS = "model.safetensors"
 SPEC = "deploy_spec.json"
 REPORT = "report.json"
 PROGRAM = "model.pt2"
+ONNX = "model.onnx"
 EXPORT_TOLERANCE = 1e-5  # exported vs eager fp32 deploy net, relative
 
 
@@ -43,17 +46,26 @@ def sha256_file(path: Path) -> str:
 
 
 def write_artifacts(
-    model: nn.Module, spec: DeploySpec, report: dict[str, Any], out_dir: str | Path, *, export: bool = True
+    model: nn.Module,
+    spec: DeploySpec,
+    report: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    export: bool = True,
+    onnx: bytes | None = None,
 ) -> dict[str, str]:
     """Write a deploy net's artifacts to ``out_dir`` (replacing it whole); returns sha256 per file.
 
-    ``report`` becomes ``report.json`` (with the digests of the other files added)."""
+    ``report`` becomes ``report.json`` (with the digests of the other files added); ``onnx``, when
+    given, ``model.onnx``."""
     with staged_folder(out_dir) as staging:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS), metadata={"format": "pt"})
         (staging / SPEC).write_text(spec.model_dump_json(indent=2))
         if export:
             export_program(model, (2, *spec.sample_shape()), staging / PROGRAM)
+        if onnx is not None:
+            (staging / ONNX).write_bytes(onnx)
         return finish_with_report(staging, report)
 
 
@@ -122,11 +134,20 @@ def export_program(model: torch.nn.Module, input_shape: tuple[int, ...], path: P
         )
 
 
+def read_spec(folder: str | Path) -> DeploySpec:
+    """The ``deploy_spec.json`` of an artifact folder."""
+    root = Path(folder)
+    try:
+        return DeploySpec.parse((root / SPEC).read_text())
+    except OSError as exc:
+        raise ReparamError(f"cannot read artifacts in {root}: {exc}") from None
+
+
 def load_artifacts(folder: str | Path, device: str | torch.device = "cpu") -> tuple[PlainNet, DeploySpec]:
     """Rebuild the deploy net from ``deploy_spec.json`` and load ``model.safetensors`` into it (strict)."""
     root = Path(folder)
+    spec = read_spec(root)
     try:
-        spec = DeploySpec.parse((root / SPEC).read_text())
         weights = load_file(str(root / WEIGHTS), device=str(device))
     except OSError as exc:
         raise ReparamError(f"cannot read artifacts in {root}: {exc}") from None

@@ -1,4 +1,5 @@
-"""How a deploy net is run when served: precision, memory format, grad mode, compilation, warm-up.
+"""How a deploy net is run when served: runtime, precision, memory format, grad mode, compilation,
+warm-up.
 
 Chosen per model version when it is registered (:class:`ServingOptions`) and applied the same way
 by every backend through :class:`ServingModel`. A version is only marked ready after its warm-up,
@@ -6,6 +7,10 @@ so the first request never pays for cuDNN autotuning or ``torch.compile``. Serve
 either preprocessed float batches ``[N, C, H, W]`` or raw ``uint8`` pixels ``[N, H, W, C]``, which
 they normalise themselves (:class:`PixelNormaliser`): a quarter of the bytes on the wire, and the
 arithmetic done where the model runs.
+
+``runtime``: PyTorch runs the deploy net itself (on the conversion's device); ONNX Runtime and
+OpenVINO run ``model.onnx`` on the CPU (:mod:`.runtimes`). Combinations that a runtime or this CPU
+cannot serve sensibly are refused (``SpecError``) with the valid ones named.
 """
 
 from __future__ import annotations
@@ -16,29 +21,47 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from ..equivalence import random_input, set_tf32
-from ..errors import ConversionError, SpecError, describe_validation_error
+from ..errors import ConversionError, ReparamError, SpecError, describe_validation_error
+from .artifacts import ONNX, load_artifacts, read_spec
+from .cpu import cpu_capabilities
 from .preprocess import PixelNormaliser
+from .runtimes import Runtime, onnx_runner
 from .spec import DeploySpec
 
 Precision = Literal["fp32", "fp16", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What each runtime serves. ONNX Runtime's CPU execution provider has no bf16 convolution kernels
+# and fp16 ones only on some CPUs (elsewhere it casts around each op); OpenVINO's CPU plugin computes
+# fp16 only on CPUs with AVX512-FP16 (or ARM), bf16 natively with AVX512-BF16 or AMX.
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "fp16", "bf16"),
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16"),
+}
+
+
+def valid_combinations() -> str:
+    return "; ".join(f"{runtime}: {'|'.join(precisions)}" for runtime, precisions in PRECISIONS.items())
 
 
 class ServingOptions(BaseModel):
     """Per-version serving fast paths.
 
-    ``precision``: weights and activations in float32, float16 or bfloat16 (reduced precision pays
-    off on CUDA and on CPUs with bf16 matrix units; elsewhere it can be slower than float32).
-    ``channels_last``: NHWC memory format (faster on CPU oneDNN and on tensor cores).
+    ``runtime``: ``torch`` (the deploy net in PyTorch), ``onnxruntime`` or ``openvino`` (``model.onnx``
+    on the CPU). ``precision``: weights and activations in float32, float16 or bfloat16 (torch: all
+    three; onnxruntime: fp32; openvino: fp32, bf16 through its inference precision hint). bf16 on the
+    CPU needs native bf16 (``avx512_bf16`` or AMX) and is refused elsewhere. The options below apply
+    to runtime torch: ``channels_last``: NHWC memory format (faster on CPU oneDNN and on tensor cores).
     ``inference_mode``: ``torch.inference_mode`` rather than ``torch.no_grad``. ``compile``:
     ``torch.compile`` with ``compile_mode`` (needs a C++ compiler on CPU; the time it takes is
     reported). ``warmup_iterations``: forward passes per warm-up batch size before the version is
@@ -47,6 +70,7 @@ class ServingOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    runtime: Runtime = "torch"
     precision: Precision = "fp32"
     channels_last: bool = True
     inference_mode: bool = True
@@ -54,9 +78,29 @@ class ServingOptions(BaseModel):
     compile_mode: CompileMode = "default"
     warmup_iterations: int = Field(default=2, ge=0, le=100)
 
+    @model_validator(mode="after")
+    def _runtime_serves_it(self) -> ServingOptions:
+        if self.precision not in PRECISIONS[self.runtime]:
+            raise ValueError(
+                f"runtime {self.runtime} does not serve precision {self.precision}; "
+                f"valid combinations: {valid_combinations()}"
+            )
+        if self.compile and self.runtime != "torch":
+            raise ValueError(f"compile is torch.compile: runtime {self.runtime} has no compile option")
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
+
+    @property
+    def onnx(self) -> bool:
+        """Whether this runtime serves ``model.onnx`` (on the CPU) rather than the PyTorch net."""
+        return self.runtime != "torch"
+
+    def serving_device(self, device: torch.device | str) -> torch.device:
+        """Where a net served this way runs: ``device`` for torch, the CPU for the ONNX runtimes."""
+        return torch.device("cpu") if self.onnx else torch.device(device)
 
 
 def parse_serving(value: ServingOptions | dict[str, Any] | str | None) -> ServingOptions:
@@ -74,31 +118,46 @@ def parse_serving(value: ServingOptions | dict[str, Any] | str | None) -> Servin
 
 
 class ServingModel:
-    """A deploy net prepared for serving (``model`` is moved and cast in place: pass a net this
-    object may own). ``logits(batch)`` runs it in the serving precision;
+    """A deploy net prepared for serving: a PyTorch net for runtime torch (``model`` is moved and
+    cast in place: pass a net this object may own), else ``model.onnx`` (bytes or its path) loaded
+    into that runtime on the CPU. ``logits(batch)`` runs it in the serving precision;
     ``probabilities(batch)`` returns float32 softmax rows on the CPU. Safe to call from several
     threads (a compiled net is called under a lock, so guards and recompiles never interleave)."""
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | bytes | Path,
         options: ServingOptions,
         device: torch.device | str,
         normaliser: PixelNormaliser | None = None,
     ) -> None:
         self.options = options
-        self.device = torch.device(device)
+        self.device = options.serving_device(device)
         self.normaliser = normaliser
-        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        prepared = model.eval().to(device=self.device, dtype=options.dtype)
-        if options.channels_last:
-            prepared = prepared.to(memory_format=torch.channels_last)
-        self.eager = prepared
-        if options.compile and self.device.type == "cpu":
-            _require_cpp_compiler()
-        self.module: Any = (
-            torch.compile(prepared, mode=options.compile_mode, dynamic=None) if options.compile else prepared
-        )
+        require_native_bf16(options, self.device)
+        self.eager: nn.Module | None = None
+        self.module: Any
+        if options.onnx:
+            if isinstance(model, nn.Module):
+                raise TypeError(f"runtime {options.runtime} serves model.onnx, not a PyTorch module")
+            self.memory_format, self.input_dtype = torch.contiguous_format, torch.float32
+            self.module = onnx_runner(options.runtime, model, options.precision)
+        else:
+            if not isinstance(model, nn.Module):
+                raise TypeError("runtime torch serves a PyTorch module")
+            self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+            self.input_dtype = options.dtype
+            prepared = model.eval().to(device=self.device, dtype=options.dtype)
+            if options.channels_last:
+                prepared = prepared.to(memory_format=torch.channels_last)
+            self.eager = prepared
+            if options.compile and self.device.type == "cpu":
+                _require_cpp_compiler()
+            self.module = (
+                torch.compile(prepared, mode=options.compile_mode, dynamic=None)
+                if options.compile
+                else prepared
+            )
         self._lock = threading.Lock() if options.compile else contextlib.nullcontext()
         self.compile_seconds: float | None = None
         self.warmup_seconds = 0.0
@@ -113,7 +172,7 @@ class ServingModel:
                 if self.normaliser is None:
                     raise ValueError("this served net was prepared without pixel normalisation")
                 batch = self.normaliser(batch)
-            x = batch.to(device=self.device, dtype=self.options.dtype, non_blocking=True)
+            x = batch.to(device=self.device, dtype=self.input_dtype, non_blocking=True)
             return x.contiguous(memory_format=self.memory_format)
 
     def logits(self, batch: Tensor) -> Tensor:
@@ -168,18 +227,53 @@ class ServingModel:
 
 
 def prepare_for_serving(
-    model: nn.Module,
+    model: nn.Module | bytes | Path,
     spec: DeploySpec,
     options: ServingOptions,
     device: torch.device | str,
     batch_sizes: Iterable[int] = (1,),
 ) -> ServingModel:
-    """Apply ``options`` to ``model`` (built from ``spec``) on ``device``, with the spec's pixel
-    normalisation, and warm it up at ``batch_sizes``."""
-    normaliser = PixelNormaliser(spec.preprocess(), spec.in_channels, device)
+    """Apply ``options`` to ``model`` (built from ``spec``, or its ``model.onnx`` for the ONNX
+    runtimes) on ``device``, with the spec's pixel normalisation, and warm it up at ``batch_sizes``."""
+    normaliser = PixelNormaliser(spec.preprocess(), spec.in_channels, options.serving_device(device))
     served = ServingModel(model, options, device, normaliser)
     served.warm_up(spec.sample_shape(), batch_sizes)
     return served
+
+
+def load_for_serving(
+    folder: str | Path, options: ServingOptions, device: torch.device | str, batch_sizes: Iterable[int]
+) -> ServingModel:
+    """A version's artifact folder served as ``options`` say: the PyTorch net for runtime torch,
+    ``model.onnx`` alone (no PyTorch weights loaded) for the ONNX runtimes."""
+    root = Path(folder)
+    if not options.onnx:
+        model, spec = load_artifacts(root, options.serving_device(device))
+        return prepare_for_serving(model, spec, options, device, batch_sizes)
+    if not (root / ONNX).is_file():
+        raise ReparamError(f"runtime {options.runtime} serves {ONNX}, which {root} does not hold")
+    return prepare_for_serving(root / ONNX, read_spec(root), options, device, batch_sizes)
+
+
+def served_precisions(runtime: Runtime, device: torch.device | str) -> list[str]:
+    """The precisions ``runtime`` serves here (bf16 on the CPU only where it is native)."""
+    options = ServingOptions(runtime=runtime)
+    target = options.serving_device(device)
+    native = target.type != "cpu" or cpu_capabilities().bf16
+    return [p for p in PRECISIONS[runtime] if p != "bf16" or native]
+
+
+def require_native_bf16(options: ServingOptions, device: torch.device) -> None:
+    """bf16 on a CPU without native bf16 (AVX512-BF16, AMX) is emulated, slower than fp32: refused."""
+    if options.precision != "bf16" or device.type != "cpu":
+        return
+    cpu = cpu_capabilities()
+    if not cpu.bf16:
+        raise SpecError(
+            f"serving.precision bf16 on the CPU needs native bf16 (avx512_bf16 or amx_bf16); this CPU "
+            f"({cpu.model}) has {', '.join(cpu.flags()) or 'neither'}: serve fp32 here (or bf16 with "
+            f"runtime torch on CUDA)"
+        )
 
 
 def exact_fp32() -> None:

@@ -1,7 +1,9 @@
-"""Building a TorchServe .mar from an artifact folder: our handler + deploy spec + weights + the
+"""Building a TorchServe .mar from an artifact folder: our handler + deploy spec + the net + the
 version's serving options (``serving.json``).
 
-No TorchScript, no pickled model: the worker rebuilds the plain net from ``deploy_spec.json``.
+No TorchScript, no pickled model: the worker rebuilds the plain net from ``deploy_spec.json`` and
+``model.safetensors`` (runtime torch), or runs ``model.onnx`` (the ONNX runtimes: the archive
+carries no PyTorch weights, and the worker loads none).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reparam_core.deploy import SERVING_FILE, SPEC, WEIGHTS, ServingOptions
+from reparam_core.deploy import ONNX, SERVING_FILE, SPEC, WEIGHTS, ServingOptions
 
 HANDLER = Path(__file__).resolve().parent.parent / "torchserve_handler" / "handler.py"
 
@@ -32,10 +34,13 @@ def build_mar(name: str, version: int, artifacts: Path, serving: ServingOptions,
     with tempfile.TemporaryDirectory(dir=store) as scratch:
         options = Path(scratch) / SERVING_FILE
         options.write_text(serving.model_dump_json(indent=2))
-        return _archive(name, version, artifacts, options, store)
+        net = artifacts / (ONNX if serving.onnx else WEIGHTS)
+        if not net.is_file():
+            raise RuntimeError(f"runtime {serving.runtime} serves {net.name}; {artifacts} does not hold it")
+        return _archive(name, version, artifacts, net, options, store)
 
 
-def _archive(name: str, version: int, artifacts: Path, options: Path, store: Path) -> Path:
+def _archive(name: str, version: int, artifacts: Path, net: Path, options: Path, store: Path) -> Path:
     archiver = Path(sys.executable).parent / "torch-model-archiver"
     command = [
         str(archiver if archiver.exists() else "torch-model-archiver"),
@@ -46,7 +51,7 @@ def _archive(name: str, version: int, artifacts: Path, options: Path, store: Pat
         "--handler",
         str(HANDLER),
         "--serialized-file",
-        str(artifacts / WEIGHTS),
+        str(net),
         "--extra-files",
         f"{artifacts / SPEC},{options}",
         "--export-path",

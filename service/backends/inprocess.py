@@ -15,14 +15,7 @@ from pathlib import Path
 from torch import Tensor
 
 from reparam_core import resolve_device
-from reparam_core.deploy import (
-    ServingModel,
-    ServingOptions,
-    exact_fp32,
-    load_artifacts,
-    prepare_for_serving,
-    warmup_batch_sizes,
-)
+from reparam_core.deploy import ServingModel, ServingOptions, exact_fp32, load_for_serving, warmup_batch_sizes
 
 from ..errors import BackendUnavailable
 from .base import VersionLocks
@@ -123,8 +116,7 @@ class InProcessBackend:
             self._models[(name, version)] = _Batcher(served, self.max_batch)
 
     def _load(self, artifacts: Path, serving: ServingOptions) -> ServingModel:
-        model, spec = load_artifacts(artifacts, self.device)
-        return prepare_for_serving(model, spec, serving, self.device, self.warmup_sizes)
+        return load_for_serving(artifacts, serving, self.device, self.warmup_sizes)
 
     def served(self, name: str, version: int) -> ServingModel | None:
         """The prepared net behind a registered version (its options, for inspection)."""

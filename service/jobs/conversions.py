@@ -266,6 +266,7 @@ class Conversions:
             weights=request.weights,
             reference=request.reference.path if request.reference else None,
             progress=progress,
+            onnx=True,  # model.onnx is an artifact of every version
         )
         progress("store")
         started = time.perf_counter()

@@ -3,7 +3,8 @@
 ``/healthz``: 200 while the service can go on, 503 once the supervisor has given up on a managed
 TorchServe (``reparam serve`` then exits). ``/readyz``: 200 when the store answers and every stored
 version is served; 503 otherwise, with the backend that serves, the supervisor's state and how many
-versions are still pending.
+versions are still pending. ``/system``: the CPU's inference capabilities (AVX2, AVX-512, native
+bf16, AMX), the serving runtimes installed and the precisions each serves here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from reparam_core import __version__
+from reparam_core import __version__, resolve_device
+from reparam_core.deploy import (
+    CpuCapabilities,
+    Runtime,
+    cpu_capabilities,
+    runtime_versions,
+    served_precisions,
+)
 
 from ..deps import BackendDep, MetadataDep, MetricsDep, SupervisorDep
 
@@ -36,6 +44,7 @@ async def index() -> Index:
         "openapi": "/openapi.json",
         "models": "/models",
         "readiness": "/readyz",
+        "system": "/system",
         "metrics": "/metrics",
     }
     return Index(service="reparam", version=__version__, links=links)
@@ -47,6 +56,31 @@ async def healthz(supervisor: SupervisorDep) -> JSONResponse:
     if status.state == "failed":
         return JSONResponse({"status": "failed", "detail": status.detail}, status_code=503)
     return JSONResponse({"status": "ok"})
+
+
+class RuntimeInfo(BaseModel):
+    version: str | None  # None: not installed here
+    precisions: list[str]  # what it serves on this machine's CPU
+
+
+class SystemInfo(BaseModel):
+    cpu: CpuCapabilities
+    bf16: bool  # native bf16 on this CPU: bf16 serving on the CPU is accepted
+    device: str  # where runtime torch serves in this process (the ONNX runtimes: on the CPU)
+    runtimes: dict[Runtime, RuntimeInfo]
+
+
+@router.get(
+    "/system", summary="The CPU's capabilities and the serving runtimes available", response_model=SystemInfo
+)
+async def system(backend: BackendDep) -> SystemInfo:
+    cpu = cpu_capabilities()
+    device = resolve_device(getattr(backend, "device", "auto"))
+    runtimes = {
+        name: RuntimeInfo(version=version, precisions=served_precisions(name, device) if version else [])
+        for name, version in runtime_versions().items()
+    }
+    return SystemInfo(cpu=cpu, bf16=cpu.bf16, device=str(device), runtimes=runtimes)
 
 
 @router.get(

@@ -1,6 +1,7 @@
 """Artifact folders addressed by the sha256 of their weights, written atomically.
 
-Layout: ``<root>/sha256/<d[:2]>/<digest>/{model.safetensors, deploy_spec.json, report.json, model.pt2}``.
+Layout: ``<root>/sha256/<d[:2]>/<digest>/{model.safetensors, deploy_spec.json, report.json, model.pt2,
+model.onnx}``.
 Identical conversions share one folder. S3-compatible storage would implement the same protocol.
 """
 
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 from reparam_core import ConversionResult
-from reparam_core.deploy import PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file
+from reparam_core.deploy import ONNX, PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file
 
 from ..config import Settings
 
-FILES = (WEIGHTS, SPEC, REPORT, PROGRAM)
+FILES = (WEIGHTS, SPEC, REPORT, PROGRAM, ONNX)
 
 
 class ArtifactStore(Protocol):
@@ -56,6 +57,7 @@ class LocalArtifactStore:
                 except OSError:  # a concurrent writer stored the same content first
                     if not final.exists():
                         raise
+            _complete(final, folder)
             return digest
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -91,6 +93,16 @@ class LocalArtifactStore:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return len(leftovers)
+
+
+def _complete(final: Path, new: Path) -> None:
+    """Add to a folder stored earlier for the same weights what it lacks (``model.onnx`` in folders
+    from before it was an artifact), each file renamed into place whole."""
+    if not new.exists():  # the new folder itself became ``final``
+        return
+    for name in FILES:
+        if (new / name).exists() and not (final / name).exists():
+            os.replace(new / name, final / name)
 
 
 def artifact_store_from_settings(settings: Settings) -> ArtifactStore:

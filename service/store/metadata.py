@@ -123,8 +123,14 @@ class _AliasMove(_Base):
     moved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+# Serving fields added after versions were first stored, with their default: left out of the digest
+# at that default, so an identical request still finds a version stored before the field existed.
+LATER_DEFAULTS = {"runtime": "torch"}
+
+
 def serving_digest(serving: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(serving, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    canonical = {k: v for k, v in serving.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class _Job(_Base):

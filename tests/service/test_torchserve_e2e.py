@@ -63,6 +63,30 @@ def check_reduced_precision_worker(client: TestClient, tmp_path: Path) -> None:
     assert 1e-6 < error < 5e-2  # bfloat16 rounding: visible, but small
 
 
+def check_onnx_runtime_workers(client: TestClient, tmp_path: Path) -> None:
+    """Versions served by ONNX Runtime and OpenVINO: their .mar carries model.onnx, their worker runs it."""
+    model = randomize_(build_train_model(TINY), seed=5).eval()
+    checkpoint = tmp_path / "tiny-onnx.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    image = png_bytes(40, 40, seed=7)
+    with torch.no_grad():
+        x = model_input(image, TINY["preprocess"], 3).double()
+        expected = torch.softmax(model.double()(x), dim=1)[0]
+    for runtime in ("onnxruntime", "openvino"):
+        form = convert_form(
+            checkpoint, name=f"tiny-{runtime}", spec=TINY, serving=f'{{"runtime": "{runtime}"}}'
+        )
+        converted = client.post("/convert", **form)
+        assert converted.status_code == 201, converted.text
+        assert converted.json()["report"]["serving"]["device"] == "cpu"
+        answer = client.post(
+            f"/predict/tiny-{runtime}?top_k=4", content=image, headers={"Content-Type": "image/png"}
+        )
+        assert answer.status_code == 200, answer.text
+        top = answer.json()["predictions"][0]
+        assert max(abs(p["probability"] - float(expected[p["index"]])) for p in top) < 1e-5, runtime
+
+
 def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> None:
     model = randomize_(build_train_model(SPEC), seed=11).eval()
     checkpoint = tmp_path / "a0.pth"
@@ -110,6 +134,7 @@ def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> No
         assert 'reparam_predict_latency_seconds_count{model="a0",version="1"} 18.0' in metrics
         assert 'reparam_predict_backend_latency_seconds_count{model="a0",version="1"} 18.0' in metrics
         check_reduced_precision_worker(client, tmp_path)
+        check_onnx_runtime_workers(client, tmp_path)
 
     with TestClient(
         create_app(settings)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
 
 from reparam_core.arch import build_train_model
 from reparam_core.conversion import convert
-from reparam_core.deploy import SERVING_FILE, PixelNormaliser, ServingOptions
+from reparam_core.deploy import ONNX, SERVING_FILE, WEIGHTS, PixelNormaliser, ServingOptions
+from reparam_core.deploy import SPEC as SPEC_FILE
+from service.backends.archive import build_mar
 from service.torchserve_handler.handler import ReparamHandler
 from service.torchserve_handler.wire import pack, unpack
 from tests.helpers import SERVICE_SPEC as SPEC
@@ -65,3 +68,34 @@ def test_pixels_floats_and_other_sizes_in_one_batch(tmp_path: Path) -> None:
     with torch.no_grad():
         for got, x in zip(outputs, (normalised, floats, larger), strict=True):
             assert torch.allclose(got, torch.softmax(result.deploy_model(x), dim=1), atol=1e-6)
+
+
+def test_an_onnx_runtime_archive_serves_model_onnx_without_the_pytorch_weights(tmp_path: Path) -> None:
+    """What the .mar of an onnxruntime version holds (model.onnx, spec, options; no safetensors)
+    is all the worker needs, and it answers like the deploy net."""
+    result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict(), onnx=True)
+    result.save(tmp_path / "model", export=False)
+    (tmp_path / "model" / WEIGHTS).unlink()
+    (tmp_path / "model" / SERVING_FILE).write_text('{"runtime": "onnxruntime"}')
+    handler = ReparamHandler()
+    handler.initialize(FakeContext(tmp_path / "model"))
+    assert handler.served.options.runtime == "onnxruntime" and handler.served.eager is None
+    first, second = torch.randn(2, 3, 32, 32), torch.randn(1, 3, 40, 36)
+    outputs = handler.postprocess(
+        handler.inference(handler.preprocess([{"body": pack(first)}, {"body": pack(second)}]))
+    )
+    with torch.no_grad():
+        for got, x in zip(outputs, (first, second), strict=True):
+            assert torch.allclose(unpack(got), torch.softmax(result.deploy_model(x), dim=1), atol=1e-6)
+
+
+def test_the_archive_carries_the_net_its_runtime_serves(tmp_path: Path) -> None:
+    result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict(), onnx=True)
+    result.save(tmp_path / "model", export=False)
+    for runtime, net, absent in (("torch", WEIGHTS, ONNX), ("openvino", ONNX, WEIGHTS)):
+        serving = ServingOptions(runtime=runtime)  # type: ignore[arg-type]
+        mar = build_mar("tiny", 1, tmp_path / "model", serving, tmp_path / "store")
+        with zipfile.ZipFile(mar) as archive:
+            names = set(archive.namelist())
+            assert {net, SPEC_FILE, SERVING_FILE} <= names and absent not in names
+            assert ServingOptions.model_validate_json(archive.read(SERVING_FILE)) == serving
