@@ -207,6 +207,7 @@ class TorchServeBackend:
                 call.cancel()
             self._workers.pop(model, None)
             self._needed.pop(model, None)
+            self._scaling.pop(model, None)
             (self.settings.resolved_model_store / f"{model}.mar").unlink(missing_ok=True)
 
     def _placed(self, model: str, now: float) -> int:
@@ -242,16 +243,30 @@ class TorchServeBackend:
     def _scale_up(self, model: str) -> asyncio.Task[None]:
         """The scale-up of ``model`` to its warm workers: one at a time, shared by who waits for it."""
         task = self._warming.get(model)
-        if task is None:
+        if task is None or task.done():
             task = self._warming[model] = asyncio.ensure_future(self._scale_to(model, self.warm_workers))
-            task.add_done_callback(lambda _: self._warming.pop(model, None))
+            task.add_done_callback(
+                lambda done: self._warming.pop(model) if self._warming.get(model) is done else None
+            )
         return task
+
+    async def _wait_for_workers(self, model: str, name: str, version: int) -> None:
+        """A cold model's request: its scale-up first (again if it was scaled down meanwhile)."""
+        while self._workers.get(model, 1) == 0:
+            warming = self._scale_up(model)
+            try:
+                await asyncio.shield(warming)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if warming.cancelled() and current is not None and not current.cancelling():
+                    raise BackendUnavailable(f"{name} v{version} was unloaded while it started") from None
+                raise
 
     async def _scale_down(self, model: str) -> None:
         async with self._scaling.setdefault(model, asyncio.Lock()):
             before = self._workers.get(model)
-            if before is None or self._calls.get(model) or model in self._warming:
-                return  # unregistered, asked for again, or warming up meanwhile
+            if before is None or before <= self._placed(model, time.monotonic()) or self._calls.get(model):
+                return  # unregistered, or asked for meanwhile
             self._workers[model] = self.cold_workers  # a request from now on scales it up again
             try:
                 await self._scale(model, self.cold_workers)
@@ -304,8 +319,7 @@ class TorchServeBackend:
     async def predict(self, name: str, version: int, batch: Tensor) -> Tensor:
         model = archive_name(name, version)
         self._needed[model] = time.monotonic()
-        while self._workers.get(model, 1) == 0:  # cold: its workers first (again if scaled down meanwhile)
-            await asyncio.shield(self._scale_up(model))
+        await self._wait_for_workers(model, name, version)
         call = asyncio.ensure_future(self._post(model, wire.pack(batch), name, version))
         calls = self._calls.setdefault(model, set())
         calls.add(call)
@@ -317,6 +331,8 @@ class TorchServeBackend:
                 raise BackendUnavailable(f"{name} v{version} was unloaded") from None
             raise
         finally:
+            if model in self._workers:  # still registered: idle from the end of its last request
+                self._needed[model] = time.monotonic()
             calls.discard(call)
             if not calls and self._calls.get(model) is calls:
                 del self._calls[model]

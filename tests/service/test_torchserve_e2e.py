@@ -132,7 +132,7 @@ def test_cold_versions_unload_scale_up_on_demand_and_an_alias_warms_one(
     idle, its first request starts a worker and is answered, it goes cold again, and an alias
     moved to it loads its worker without a request and keeps it."""
     settings = settings.model_copy(
-        update={"workers_per_model": 1, "idle_unload_s": 2.0, "supervise_interval_s": 0.5}
+        update={"workers_per_model": 1, "idle_unload_s": 4.0, "supervise_interval_s": 0.5}
     )
     image = png_bytes(40, 40, seed=6)
     with TestClient(create_app(settings)) as client:

@@ -122,7 +122,7 @@ def test_idle_cold_versions_are_scaled_down_and_come_back_on_demand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, artifacts: Path
 ) -> None:
     fake = FakeTorchServe()
-    backend, _ = backend_with(tmp_path, monkeypatch, fake, idle_unload_s=0.3)
+    backend, _ = backend_with(tmp_path, monkeypatch, fake, idle_unload_s=2.0)
     pixels = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
 
     async def run() -> None:
@@ -132,14 +132,14 @@ def test_idle_cold_versions_are_scaled_down_and_come_back_on_demand(
             assert fake.workers == {"tiny-v1": 2, "tiny-v2": 2}
             await backend.place_workers(warm={("tiny", 2)}, cold={("tiny", 1)})
             assert fake.workers["tiny-v1"] == 2  # not idle for idle_unload_s yet
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(2.1)
             await backend.place_workers(warm={("tiny", 2)}, cold={("tiny", 1)})
             assert fake.workers == {"tiny-v1": 0, "tiny-v2": 2}
             await backend.predict("tiny", 1, pixels)  # scaled up again for this request
             assert fake.scales("tiny-v1") == [0, 2]
             await backend.place_workers(warm={("tiny", 2)}, cold={("tiny", 1)})
             assert fake.workers["tiny-v1"] == 2  # just used
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(2.1)
             await backend.place_workers(warm={("tiny", 2)}, cold={("tiny", 1)})
             assert fake.workers["tiny-v1"] == 0
             backend.prewarm("tiny", 1)  # an alias moved to it
@@ -214,3 +214,23 @@ def test_the_supervisor_applies_the_policy_and_an_alias_move_prewarms(
         assert client.put("/models/tiny/aliases/production", json={"version": 1}).status_code == 200
         assert prewarmed == [("tiny", 1)]
         wait_for(lambda: placed[-1] == ({("tiny", 3), ("tiny", 1)}, {("tiny", 2)}) or None)
+
+
+def test_a_request_waiting_for_a_scale_up_that_a_stop_cancels_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, artifacts: Path
+) -> None:
+    fake = FakeTorchServe(start_s=30.0)
+    backend, _ = backend_with(tmp_path, monkeypatch, fake)
+
+    async def run() -> None:
+        await backend.place_workers(warm=set(), cold={("tiny", 1)})
+        await backend.register("tiny", 1, artifacts, ServingOptions())
+        waiting = asyncio.ensure_future(
+            backend.predict("tiny", 1, torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+        )
+        await wait_async(lambda: fake.scales("tiny-v1") == [2])
+        await backend.stop()  # a restart: the scale-up is cancelled
+        with pytest.raises(BackendUnavailable, match="unloaded while it started"):
+            await waiting
+
+    asyncio.run(run())
