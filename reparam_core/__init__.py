@@ -49,7 +49,7 @@ _LAZY = {
     "equivalence": ("EquivalenceReport", "check_equivalence", "resolve_device"),
     "fusion.swap": ("count_convs", "reparameterize"),
     "reference": ("Reference", "make_reference", "read_reference"),
-    "gate": ("ServingReport",),
+    "gate": ("ServingReport", "check_onnx_export"),
     "labels": ("STANDARD_LABEL_SETS", "standard_labels"),
 }
 _SOURCE = {name: module for module, names in _LAZY.items() for name in names}
@@ -103,7 +103,7 @@ if TYPE_CHECKING:
     )
     from .equivalence import EquivalenceReport, check_equivalence, resolve_device
     from .fusion.swap import count_convs, reparameterize
-    from .gate import ServingReport
+    from .gate import ServingReport, check_onnx_export
     from .labels import STANDARD_LABEL_SETS, standard_labels
     from .reference import Reference, make_reference, read_reference
 
@@ -136,6 +136,7 @@ __all__ = [
     "build_deploy_model",
     "build_train_model",
     "check_equivalence",
+    "check_onnx_export",
     "convert",
     "count_convs",
     "estimate_cost",

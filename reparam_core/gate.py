@@ -148,6 +148,23 @@ def check_onnx(onnx: bytes, gate: GateResult) -> EquivalenceReport:
     return report.model_copy(update={"dtype": f"onnx {report.dtype}"})
 
 
+def check_onnx_export(onnx: bytes, stored: PlainNet, seed: int = 0) -> EquivalenceReport:
+    """``model.onnx`` written after the conversion (the training net is gone by then) in ONNX Runtime
+    against the stored net run in float64 on a wiring-probe input: the stored weights are what the
+    gate held to the float64 training net, so this links the file to it. Bounded like the stored
+    net: by ``SLACK`` times the stored net's own float32 error on the same input, with a floor."""
+    spec = stored.spec
+    shape = (WIRING_BATCH, spec.in_channels, *wiring_probe_size(spec))
+    x = random_input(shape, seed)
+    with tf32_disabled(), torch.inference_mode():
+        reference = run_in(stored, x, torch.float64)
+        baseline = measure(reference, run_in(stored, x, torch.float32), shape, torch.float32, "cpu", None)
+    output = onnx_runner("onnxruntime", onnx, "fp32")(x.float())
+    bound = max(FP32_FLOOR, SLACK * baseline.max_rel_error)
+    report = measure(reference, output, shape, torch.float32, "cpu", bound)
+    return report.model_copy(update={"dtype": f"onnx {report.dtype}"})
+
+
 def check_reference(
     model: nn.Module, deploy: nn.Module, reference: Reference, device: torch.device, tolerance: float
 ) -> EquivalenceReport:

@@ -17,7 +17,7 @@ from .backends import start_backend
 from .backends.supervisor import Supervisor
 from .config import Settings, get_settings
 from .errors import install_handlers
-from .jobs import Conversions, ProgramExports
+from .jobs import Conversions, Exports
 from .limits import BodyLimits, Pace
 from .metrics import CountRequests, Metrics
 from .openapi import install_openapi
@@ -36,7 +36,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
     await asyncio.to_thread(_clean_up_after_a_stop, app.state.metadata, app.state.artifacts)
     backend = app.state.backend = await start_backend(settings)
-    exports = app.state.exports = ProgramExports(app.state.metadata, app.state.artifacts, app.state.metrics)
+    exports = app.state.exports = Exports(
+        settings, app.state.metadata, app.state.artifacts, app.state.metrics
+    )
     try:
         conversions = app.state.conversions = Conversions(
             settings,
@@ -57,8 +59,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_give_up=app.state.on_give_up,
         )
         await supervisor.start()
-        if settings.export_program and (resumed := await exports.resume()):
-            log.info("%d versions stored without model.pt2: exporting them in the background", resumed)
+        if resumed := await exports.resume():
+            log.info(
+                "%d versions stored without model.onnx or model.pt2: exporting in the background", resumed
+            )
         log.info(
             "serving with the %s backend; stored versions are registered in the background", backend.name
         )
@@ -67,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             await supervisor.stop()
             conversions.close()
-            exports.close()
+            await asyncio.to_thread(exports.close)
     finally:
         await backend.stop()
 

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=2 << 30, description="largest POST /convert body")
     max_predict_bytes: int = Field(default=16 << 20, description="largest /predict body")
+    jpeg_draft: bool = Field(
+        default=False,
+        description="/predict decodes a JPEG at least twice the resize at 1/2, 1/4 or 1/8 scale (libjpeg): "
+        "faster, but its pixels are not exactly torchvision's (docs/performance.md)",
+    )
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection's request headers must be complete within this"
     )
@@ -96,6 +101,23 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="TorchServe workers per version; default 1 on a GPU, else min(cores, 4)",
+    )
+    warm_versions: Literal["aliased_and_latest", "all"] = Field(
+        default="aliased_and_latest",
+        description="TorchServe versions that keep workers_per_model workers loaded: the latest of each "
+        "model and the aliased ones, or all; the others get cold_workers (docs/operations.md)",
+    )
+    cold_workers: int = Field(
+        default=0,
+        ge=0,
+        description="TorchServe workers of a version kept neither warm nor in use (0: unloaded; its next "
+        "request starts workers_per_model workers first)",
+    )
+    idle_unload_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a version no longer warm, or scaled up by a request, goes back to cold_workers after "
+        "this long without a request",
     )
     worker_threads: int | None = Field(
         default=None,

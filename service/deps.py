@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 from .backends.base import InferenceBackend
 from .backends.supervisor import Supervisor
 from .config import Settings
-from .jobs import Conversions, ProgramExports
+from .jobs import Conversions, Exports
 from .metrics import Metrics
 from .store import ArtifactStore, MetadataStore, VersionCache
 
@@ -43,8 +43,8 @@ async def _supervisor(request: Request) -> Supervisor:
     return request.app.state.supervisor  # type: ignore[no-any-return]
 
 
-async def _exports(request: Request) -> ProgramExports:
-    exports: ProgramExports = request.app.state.exports
+async def _exports(request: Request) -> Exports:
+    exports: Exports = request.app.state.exports
     return exports
 
 
@@ -81,6 +81,6 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(_artifacts)]
 BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
-ExportsDep = Annotated[ProgramExports, Depends(_exports)]
+ExportsDep = Annotated[Exports, Depends(_exports)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ActorDep = Annotated[str, Depends(_actor)]

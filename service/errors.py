@@ -7,7 +7,7 @@
     ├── UnsupportedMedia     a body type /predict does not take               415
     ├── BadInput             undecodable image, wrong tensor shape, ...       422
     ├── BackendUnavailable   the inference backend is down or overloaded      503 + Retry-After
-    └── NotReady             an artifact still being written (model.pt2)      503 + Retry-After
+    └── NotReady             an artifact still being written (.onnx, .pt2)   503 + Retry-After
 Library errors: SpecError 422, CheckpointError 400, EquivalenceError 422 (with the report),
 other ReparamError 400. Bodies past the size caps get 413, too slow 408 (``limits.BodyLimits``). Nothing
 escapes as a 500 with a traceback.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Sequence
 from typing import Any, get_args
 
 import numpy as np
@@ -77,15 +78,32 @@ def crop_start(size: int, crop: int) -> int:
     return round((size - crop) / 2.0) if size >= crop else -((crop - size) // 2)
 
 
-def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -> Tensor:
+def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int, draft: bool = False) -> Tensor:
+    """One image as :func:`images_to_pixels` makes it: uint8 pixels ``[1, S, S, C]``."""
+    return images_to_pixels([data], preprocess, in_channels, draft)
+
+
+def images_to_pixels(
+    images: Sequence[bytes], preprocess: dict[str, Any], in_channels: int, draft: bool = False
+) -> Tensor:
     """Decode PNG/JPEG/WebP, then torchvision's ``Resize(resize, interpolation)`` +
-    ``CenterCrop(crop)``: uint8 pixels ``[1, S, S, C]``.
+    ``CenterCrop(crop)``: uint8 pixels ``[N, S, S, C]``, each image written straight into the batch.
 
     The served net normalises them (``reparam_core.deploy.PixelNormaliser``): four times fewer
     bytes travel to the backend than as float input. ``preprocess`` is a stored spec's: one stored
-    before ``interpolation`` existed is bilinear."""
-    image, fmt = open_image(data)
+    before ``interpolation`` existed is bilinear. ``draft``: a JPEG at least twice the resized size
+    is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (``REPARAM_JPEG_DRAFT``; faster, not pixel-exact:
+    docs/performance.md gives the difference)."""
     settings = {**DEFAULTS, **preprocess}
+    crop = int(settings["crop"])
+    batch = torch.empty((len(images), crop, crop, in_channels), dtype=torch.uint8)
+    for row, data in zip(batch.numpy(), images, strict=True):
+        _decode_into(row, data, settings, draft)
+    return batch
+
+
+def _decode_into(out: np.ndarray, data: bytes, settings: dict[str, Any], draft: bool) -> None:
+    image, fmt = open_image(data)
     resize, crop = int(settings["resize"]), int(settings["crop"])
     width, height = resized_size(image.width, image.height, resize)
     if max(width * max(height, image.height), crop * crop) > MAX_RESIZED_PIXELS:
@@ -93,16 +111,33 @@ def image_to_pixels(data: bytes, preprocess: dict[str, Any], in_channels: int) -
             f"image of {image.width}x{image.height} pixels: its resize to {width}x{height} is over the limit "
             f"of {MAX_RESIZED_PIXELS} pixels; send it cropped to a less extreme aspect ratio"
         )
+    x, y = _Axis(width, crop), _Axis(height, crop)
+    mode = "RGB" if out.shape[2] == 3 else "L"
     try:
+        if draft and fmt == "JPEG":
+            image.draft(image.mode, (width, height))  # libjpeg's scale keeps at least (width, height)
         image.load()
-        mode = "RGB" if in_channels == 3 else "L"
         image = image if image.mode == mode else image.convert(mode)
     except (OSError, ValueError):
         raise BadInput(f"image: cannot decode as {fmt}") from None
     image = image.resize((width, height), RESAMPLING[settings["interpolation"]])
-    left, top = crop_start(width, crop), crop_start(height, crop)
-    image = image.crop((left, top, left + crop, top + crop))
-    return torch.from_numpy(np.array(image, dtype=np.uint8).reshape(1, crop, crop, in_channels))
+    pixels = np.asarray(image).reshape(height, width, out.shape[2])
+    if x.padded or y.padded:
+        out[...] = 0  # torchvision's CenterCrop pads an image smaller than the crop with zeros
+    out[y.target, x.target] = pixels[y.source, x.source]
+
+
+class _Axis:
+    """One side of the resized image (``size`` pixels) centre-cropped to ``crop``: which of its
+    pixels (``source``) go where in the crop (``target``)."""
+
+    def __init__(self, size: int, crop: int) -> None:
+        start = crop_start(size, crop)
+        self.padded = start < 0
+        if self.padded:
+            self.source, self.target = slice(0, size), slice(-start, -start + size)
+        else:
+            self.source, self.target = slice(start, start + crop), slice(0, crop)
 
 
 def json_to_tensor(inputs: Any, in_channels: int, max_elements: int) -> Tensor:

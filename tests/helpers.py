@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pytest
@@ -21,6 +21,9 @@ from torch import Tensor
 from reparam_core import build_train_model
 from reparam_core.deploy import cpu_capabilities
 from reparam_core.example import randomize_statistics as randomize_
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 __all__ = [
     "NATIVE_BF16",
@@ -108,6 +111,12 @@ def convert_form(
         "files": {"checkpoint": (checkpoint.name, checkpoint.read_bytes(), "application/octet-stream")},
         "data": {"spec": json.dumps(spec), "name": name, **extra},
     }
+
+
+def ready(client: TestClient, url: str, waiting: tuple[int, ...] = (404, 503)) -> Any:
+    """The answer to GET ``url`` once it is no longer one of ``waiting``, else None (ask again)."""
+    answer = client.get(url)
+    return None if answer.status_code in waiting else answer
 
 
 def wait_for(poll: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1) -> T:

@@ -109,6 +109,12 @@ class InProcessBackend:
     def busy(self, name: str, version: int) -> bool:
         return self.locks.busy(name, version)
 
+    async def place_workers(self, warm: set[tuple[str, int]], cold: set[tuple[str, int]]) -> None:
+        """Nothing to place: every registered version is in this process, ready."""
+
+    def prewarm(self, name: str, version: int) -> None:
+        """Nothing to load: a registered version is ready."""
+
     async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
         async with self.locks.hold(name, version):
             served = await asyncio.to_thread(self._load, artifacts, serving)

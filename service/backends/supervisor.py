@@ -12,7 +12,9 @@ supervisor
    ``registration_concurrency`` at a time: all of them at start-up and after a restart, and any
    registration lost since (someone unregistered it through TorchServe's management API). A version
    whose registration fails is tried again after a delay that doubles up to ``RETRY_MAX_S``.
-3. records the state /readyz reports: ``ready`` (every stored version has a ready worker),
+3. applies the worker policy (``worker_policy``): which versions keep their workers loaded; before
+   registering, so that a cold version is registered without workers.
+4. records the state /readyz reports: ``ready`` (every stored version has a ready worker),
    ``pending`` (some have not yet: registering, or workers starting), ``down`` (the backend does
    not answer), ``failed``; every change of state is logged.
 Versions being deleted (retired in the version cache), being stored by a conversion (claimed in
@@ -34,6 +36,7 @@ from ..config import Settings
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
 from .base import InferenceBackend
+from .worker_policy import split_warm_cold
 
 log = logging.getLogger("reparam.supervisor")
 HUNG_AFTER_CHECKS = 3
@@ -103,6 +106,7 @@ class Supervisor:
             self._silent_checks = 0
         try:
             stored, loaded = await self._observe()
+            await self._place_workers(stored)
             missing = [r for r in stored if (r.name, r.version) not in loaded and self._due(r)]
             if missing:
                 self._report(stored, loaded)
@@ -130,6 +134,13 @@ class Supervisor:
         self._seen = keys & loaded.keys()
         self._retry = {key: retry for key, retry in self._retry.items() if key in keys}  # deleted since
         return wanted, loaded
+
+    async def _place_workers(self, stored: list[VersionRecord]) -> None:
+        """The worker policy: the latest version of each model and the aliased ones warm."""
+        aliases = await asyncio.to_thread(self.metadata.aliases)
+        aliased = {(name, alias.version) for name, named in aliases.items() for alias in named.values()}
+        warm, cold = split_warm_cold(self.settings, ((r.name, r.version) for r in stored), aliased)
+        await self.backend.place_workers(warm, cold)
 
     def _due(self, record: VersionRecord) -> bool:
         retry = self._retry.get((record.name, record.version))

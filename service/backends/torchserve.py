@@ -1,9 +1,14 @@
 """TorchServe behind the backend protocol: a managed local process or an external server by URL.
 
 Each version is registered as its own TorchServe model ``<name>-v<version>`` with batching
-(``batch_size``/``max_batch_delay``) and at least one worker; predictions go to
-``/predictions/<name>-v<version>`` as safetensors bytes. TorchServe drops the queued requests of
-a model it unregisters without answering them: ``unregister`` answers them itself, at once.
+(``batch_size``/``max_batch_delay``); predictions go to ``/predictions/<name>-v<version>`` as
+safetensors bytes. TorchServe drops the queued requests of a model it unregisters without
+answering them: ``unregister`` answers them itself, at once.
+
+Workers follow the worker policy (``worker_policy``): a warm version has ``workers_per_model``
+workers; a cold one ``cold_workers`` (0: none). A request for a version without workers first
+scales it up (``PUT /models/<model>?min_worker=N&max_worker=N&synchronous=true``; concurrent
+requests wait for the same scale-up); ``place_workers`` scales idle cold versions down again.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,19 @@ class TorchServeBackend:
         self._session: aiohttp.ClientSession | None = None
         self.locks = VersionLocks()
         self._calls: dict[str, set[asyncio.Task[bytes]]] = {}  # predictions under way, per model
+        self._workers: dict[str, int] = {}  # model -> the workers it was registered or scaled with
+        self._needed: dict[str, float] = {}  # model -> when it was last asked for or kept warm
+        self._cold: set[str] = set()  # models the policy lets go cold (others are warm)
+        self._scaling: dict[str, asyncio.Lock] = {}  # one scale operation per model at a time
+        self._warming: dict[str, asyncio.Task[None]] = {}  # scale-ups under way
+
+    @property
+    def warm_workers(self) -> int:
+        return self.settings.resolved_workers
+
+    @property
+    def cold_workers(self) -> int:
+        return min(self.settings.cold_workers, self.warm_workers)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -88,6 +107,9 @@ class TorchServeBackend:
         )
 
     async def stop(self) -> None:
+        for task in self._warming.values():
+            task.cancel()
+        self._workers.clear()  # a restarted TorchServe holds no registrations
         session, self._session = self._session, None  # requests from now on open a new session
         if session is not None:
             await session.close()
@@ -126,7 +148,7 @@ class TorchServeBackend:
             token = page.get("nextPageToken") or ""
             if not token:
                 break
-        ready = await asyncio.gather(*(self._has_ready_worker(model) for model in models))
+        ready = await asyncio.gather(*(self._serves(model) for model in models))
         loaded = {}
         for model, ok in zip(models, ready, strict=True):
             key = version_of(model)
@@ -134,11 +156,16 @@ class TorchServeBackend:
                 loaded[key] = ok
         return loaded
 
-    async def _has_ready_worker(self, model: str) -> bool:
+    async def _serves(self, model: str) -> bool:
+        """A worker is ready, or none is wanted (cold: its next request starts them)."""
         status, text = await self._management("GET", f"/models/{model}", timeout=10)
         if status != 200:
             return False
-        return any(w.get("status") == "READY" for entry in json.loads(text) for w in entry.get("workers", []))
+        entries = json.loads(text)
+        minimum = min((int(entry.get("minWorkers", 1)) for entry in entries), default=1)
+        self._workers.setdefault(model, minimum)  # registered before this service started
+        ready = any(w.get("status") == "READY" for entry in entries for w in entry.get("workers", []))
+        return ready or minimum == 0
 
     def busy(self, name: str, version: int) -> bool:
         return self.locks.busy(name, version)
@@ -149,10 +176,12 @@ class TorchServeBackend:
             mar = await asyncio.to_thread(build_mar, name, version, artifacts, serving, store)
             model = archive_name(name, version)
             await self._delete_if_present(model, version)
+            self._workers.pop(model, None)
+            workers = self._placed(model, time.monotonic())
             params = {
                 "url": mar.name,
                 "model_name": model,
-                "initial_workers": self.settings.resolved_workers,
+                "initial_workers": workers,
                 "synchronous": "true",
                 "batch_size": self.settings.batch_size,
                 "max_batch_delay": self.settings.max_batch_delay_ms,
@@ -166,7 +195,8 @@ class TorchServeBackend:
             except BaseException:
                 mar.unlink(missing_ok=True)  # no archive outlives a failed registration
                 raise
-            log.info("registered %s with TorchServe", model)
+            self._workers[model] = workers
+            log.info("registered %s with TorchServe (%d workers)", model, workers)
 
     async def unregister(self, name: str, version: int) -> None:
         """Unregister, then answer the requests TorchServe dropped (BackendUnavailable, at once)."""
@@ -175,7 +205,98 @@ class TorchServeBackend:
             await self._delete_if_present(model, version)
             for call in self._calls.pop(model, set()):
                 call.cancel()
+            self._workers.pop(model, None)
+            self._needed.pop(model, None)
+            self._scaling.pop(model, None)
             (self.settings.resolved_model_store / f"{model}.mar").unlink(missing_ok=True)
+
+    def _placed(self, model: str, now: float) -> int:
+        """The workers the policy gives a model now: cold ones idle for ``idle_unload_s`` get
+        ``cold_workers``; the others (and models the policy has not seen yet: new) are warm."""
+        if model not in self._cold:
+            self._needed[model] = now
+            return self.warm_workers
+        idle = now - self._needed.get(model, -math.inf)
+        return self.warm_workers if idle < self.settings.idle_unload_s else self.cold_workers
+
+    async def place_workers(self, warm: set[tuple[str, int]], cold: set[tuple[str, int]]) -> None:
+        """Scale warm versions up (in the background) and idle cold ones down (at once)."""
+        self._cold = {archive_name(*key) for key in cold}
+        now = time.monotonic()
+        for key in warm:
+            model = archive_name(*key)
+            self._needed[model] = now
+            if self._workers.get(model, self.warm_workers) < self.warm_workers:
+                self.prewarm(*key)
+        for model in sorted(self._cold & self._workers.keys()):
+            if self._workers[model] > self._placed(model, now) and not self._calls.get(model):
+                await self._scale_down(model)
+
+    def prewarm(self, name: str, version: int) -> None:
+        """Start loading a version's warm workers now (an alias moved to it), without waiting."""
+        model = archive_name(name, version)
+        self._needed[model] = time.monotonic()
+        if self._workers.get(model, self.warm_workers) < self.warm_workers:
+            task = self._scale_up(model)
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())  # logged there
+
+    def _scale_up(self, model: str) -> asyncio.Task[None]:
+        """The scale-up of ``model`` to its warm workers: one at a time, shared by who waits for it."""
+        task = self._warming.get(model)
+        if task is None or task.done():
+            task = self._warming[model] = asyncio.ensure_future(self._scale_to(model, self.warm_workers))
+            task.add_done_callback(
+                lambda done: self._warming.pop(model) if self._warming.get(model) is done else None
+            )
+        return task
+
+    async def _wait_for_workers(self, model: str, name: str, version: int) -> None:
+        """A cold model's request: its scale-up first (again if it was scaled down meanwhile)."""
+        while self._workers.get(model, 1) == 0:
+            warming = self._scale_up(model)
+            try:
+                await asyncio.shield(warming)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if warming.cancelled() and current is not None and not current.cancelling():
+                    raise BackendUnavailable(f"{name} v{version} was unloaded while it started") from None
+                raise
+
+    async def _scale_down(self, model: str) -> None:
+        async with self._scaling.setdefault(model, asyncio.Lock()):
+            before = self._workers.get(model)
+            if before is None or before <= self._placed(model, time.monotonic()) or self._calls.get(model):
+                return  # unregistered, or asked for meanwhile
+            self._workers[model] = self.cold_workers  # a request from now on scales it up again
+            try:
+                await self._scale(model, self.cold_workers)
+            except BackendUnavailable as exc:
+                self._workers[model] = before
+                log.warning("could not scale %s down: %s", model, exc.detail)
+                return
+            log.info("%s idle: scaled down to %d workers", model, self.cold_workers)
+
+    async def _scale_to(self, model: str, workers: int) -> None:
+        async with self._scaling.setdefault(model, asyncio.Lock()):
+            if model not in self._workers or self._workers[model] >= workers:
+                return
+            started = time.monotonic()
+            try:
+                await self._scale(model, workers)
+            except BackendUnavailable as exc:
+                log.error("could not scale %s up: %s", model, exc.detail)
+                raise
+            self._workers[model] = workers
+            log.info("%s scaled up to %d workers in %.1f s", model, workers, time.monotonic() - started)
+
+    async def _scale(self, model: str, workers: int) -> None:
+        params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+        timeout = self.settings.model_startup_timeout_s + 60
+        status, text = await self._management("PUT", f"/models/{model}", params=params, timeout=timeout)
+        if status >= 300:
+            raise BackendUnavailable(
+                f"TorchServe could not scale {model} to {workers} workers: {text.strip()}"
+            )
 
     async def _delete_if_present(self, model: str, version: int) -> None:
         status, text = await self._management("DELETE", f"/models/{model}/{version}", timeout=60)
@@ -197,6 +318,8 @@ class TorchServeBackend:
 
     async def predict(self, name: str, version: int, batch: Tensor) -> Tensor:
         model = archive_name(name, version)
+        self._needed[model] = time.monotonic()
+        await self._wait_for_workers(model, name, version)
         call = asyncio.ensure_future(self._post(model, wire.pack(batch), name, version))
         calls = self._calls.setdefault(model, set())
         calls.add(call)
@@ -208,6 +331,8 @@ class TorchServeBackend:
                 raise BackendUnavailable(f"{name} v{version} was unloaded") from None
             raise
         finally:
+            if model in self._workers:  # still registered: idle from the end of its last request
+                self._needed[model] = time.monotonic()
             calls.discard(call)
             if not calls and self._calls.get(model) is calls:
                 del self._calls[model]

@@ -1,7 +1,7 @@
 """Conversion jobs: the pipeline run off the event loop, then stored and registered."""
 
 from .conversions import JOINED, STAGES, ConversionOutcome, ConversionRequest, Conversions, Upload
-from .exports import ProgramExports
+from .exports import Exports
 
 __all__ = [
     "JOINED",
@@ -9,6 +9,6 @@ __all__ = [
     "ConversionOutcome",
     "ConversionRequest",
     "Conversions",
-    "ProgramExports",
+    "Exports",
     "Upload",
 ]

@@ -36,12 +36,12 @@ from ..errors import Conflict, ServiceError, status_for
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
 from ..store.metadata import JobState
-from .exports import ProgramExports
+from .exports import Exports
 
 log = logging.getLogger("reparam.jobs")
 Progress = Callable[[str], None]  # called (from any thread) with each stage's name as it starts
 # a conversion's stages in order: the library's (with serving options), then the service's
-STAGES = ("parse", "read", "build", "fuse", "assemble", "validate", "serving", "store", "register")
+STAGES = ("parse", "read", "build", "fuse", "assemble", "onnx", "validate", "serving", "store", "register")
 JOINED = "joined"  # the stage of a job that waits for an identical conversion already under way
 
 
@@ -108,7 +108,7 @@ class Conversions:
         artifacts: ArtifactStore,
         backend: InferenceBackend,
         metrics: Metrics,
-        exports: ProgramExports,
+        exports: Exports,
     ) -> None:
         self.settings, self.metadata, self.versions, self.artifacts = settings, metadata, versions, artifacts
         self.backend, self.metrics, self.exports = backend, metrics, exports
@@ -178,7 +178,7 @@ class Conversions:
             )
         finally:
             self.versions.release(name, digest)
-        if outcome.created and self.settings.export_program:  # off the request path
+        if outcome.created:  # model.onnx (runtime torch), model.pt2: off the request path
             self.exports.schedule(outcome.record, result.deploy_model, result.deploy_spec)
         return outcome
 
@@ -266,7 +266,6 @@ class Conversions:
             weights=request.weights,
             reference=request.reference.path if request.reference else None,
             progress=progress,
-            onnx=True,  # model.onnx is an artifact of every version
         )
         progress("store")
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 Who moved an alias and when is recorded with every move (``deps.ActorDep``). ``/predict`` takes an
 alias for ``version``; the ``default`` alias, when set, is the version served when none is asked for.
+The version an alias moves to keeps its workers loaded (``backends.worker_policy``): they start at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..auth import BEARER
-from ..deps import ActorDep, MetadataDep, VersionsDep
+from ..deps import ActorDep, BackendDep, MetadataDep, VersionsDep
 from ..errors import NotFound, responses
 from .params import MAX_VERSION, AliasName, ModelName
 
@@ -62,6 +63,7 @@ async def set_alias(
     target: AliasTarget,
     metadata: MetadataDep,
     versions: VersionsDep,
+    backend: BackendDep,
     actor: ActorDep,
 ) -> dict[str, Any]:
     record = await asyncio.to_thread(metadata.get_version, name, target.version)
@@ -71,6 +73,9 @@ async def set_alias(
     if moved is None:
         raise NotFound(f"no version {target.version} of model {name!r}")
     versions.forget(name)
+    backend.prewarm(
+        name, target.version
+    )  # an unloaded version loads its workers now, not at its first request
     state, previous = moved
     before = f"v{previous}" if previous is not None else "(new)"
     log.info("alias %s of %s: %s -> v%d (by %s)", alias, name, before, target.version, actor)

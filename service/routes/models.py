@@ -9,8 +9,6 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from reparam_core.deploy import PROGRAM
-
 from ..auth import BEARER
 from ..deps import ActorDep, ArtifactsDep, ConversionsDep, ExportsDep, MetadataDep
 from ..errors import NotFound, NotReady, responses
@@ -151,9 +149,9 @@ async def download(
         raise NotFound(f"no artifact {filename!r}; artifacts: {', '.join(FILES)}")
     path = artifacts.local_path(record.digest) / filename
     if not path.exists():
-        if filename == PROGRAM and exports.pending(record.digest):
+        if exports.pending(record.digest, filename):
             raise NotReady(f"{filename} of {name} v{version} is being exported (after registration)")
-        why = exports.failure(record.digest) if filename == PROGRAM else None
+        why = exports.failure(record.digest, filename)
         raise NotFound(f"{filename} was not produced for this version" + (f": {why}" if why else ""))
     return FileResponse(path, filename=f"{name}-v{version}-{filename}")
 

@@ -24,7 +24,7 @@ from ..errors import (
     describe_problems,
     responses,
 )
-from ..images import IMAGE_TYPES, decode_base64_image, image_to_pixels, json_to_tensor
+from ..images import IMAGE_TYPES, decode_base64_image, images_to_pixels, json_to_tensor
 from .params import ModelName, VersionQuery
 
 router = APIRouter(tags=["predict"])
@@ -72,9 +72,13 @@ class JsonRequest(BaseModel):
         return self
 
 
-def _decode_all(images: list[bytes], spec: dict[str, Any]) -> Tensor:
+def _decode(images: list[bytes], draft: bool, spec: dict[str, Any]) -> Tensor:
     """Every image decoded and cropped as the spec says: uint8 pixels ``[N, S, S, C]``."""
-    return torch.cat([image_to_pixels(image, spec["preprocess"], spec["in_channels"]) for image in images])
+    return images_to_pixels(images, spec["preprocess"], spec["in_channels"], draft)
+
+
+def _decode_base64(images: list[str], draft: bool, spec: dict[str, Any]) -> Tensor:
+    return _decode([decode_base64_image(image) for image in images], draft, spec)
 
 
 async def _form_images(request: Request) -> list[bytes]:
@@ -174,6 +178,7 @@ async def predict_get(
     versions: VersionsDep,
     backend: BackendDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
     version: VersionQuery,
     top_k: TopK = 5,
 ) -> JSONResponse:
@@ -183,8 +188,7 @@ async def predict_get(
             f"image of {len(image)} base64 characters in the query: at most {MAX_QUERY_IMAGE}; POST it"
         )
     resolved = await _resolve(versions, name, version)
-    data = decode_base64_image(image)
-    decode = lambda spec: image_to_pixels(data, spec["preprocess"], spec["in_channels"])  # noqa: E731
+    decode = functools.partial(_decode, [decode_base64_image(image)], settings.jpeg_draft)
     return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
 
 
@@ -246,19 +250,19 @@ async def predict_post(
         )
     decode: Callable[[dict[str, Any]], Tensor]
     if media == MULTIPART:
-        decode = functools.partial(_decode_all, await _form_images(request))
+        decode = functools.partial(_decode, await _form_images(request), settings.jpeg_draft)
         return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
     body = await request.body()
     if media in IMAGE_TYPES:
-        decode = lambda spec: image_to_pixels(body, spec["preprocess"], spec["in_channels"])  # noqa: E731
-        return await _answer(name, resolved, top_k, decode, started, versions, backend, metrics)
+        one = functools.partial(_decode, [body], settings.jpeg_draft)
+        return await _answer(name, resolved, top_k, one, started, versions, backend, metrics)
     try:
         payload = JsonRequest.model_validate_json(body)
     except ValidationError as exc:
         raise BadInput(describe_problems(exc.errors(), ("body",))) from None
     limit = settings.max_predict_bytes // 4
     if payload.images is not None:
-        decode = functools.partial(_decode_all, [decode_base64_image(image) for image in payload.images])
+        decode = functools.partial(_decode_base64, payload.images, settings.jpeg_draft)
     else:
         decode = lambda spec: json_to_tensor(payload.inputs, spec["in_channels"], limit)  # noqa: E731
     return await _answer(name, resolved, payload.top_k or top_k, decode, started, versions, backend, metrics)

@@ -19,7 +19,7 @@ from torchvision import transforms
 
 from reparam_core.deploy import PixelNormaliser
 from service.errors import BadInput, UnsupportedMedia
-from service.images import image_to_pixels
+from service.images import image_to_pixels, images_to_pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 PREPROCESS = {"resize": 40, "crop": 32, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.25)}
@@ -62,6 +62,52 @@ def test_pixels_equal_torchvision_resize_and_centre_crop(interpolation: str, res
         if not np.array_equal(pixels[0].numpy(), torchvision_pixels(data, resize, crop, interpolation, 3)):
             differ.append(f"{width}x{height}")
     assert not differ, f"differ from torchvision: {differ}"
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_photo_sizes_at_imagenet_settings_equal_torchvision(interpolation: str) -> None:
+    """Resize(256) + CenterCrop(224), as /predict meets it: a square JPEG, landscape and portrait
+    photos, odd sizes, in colour and in grey."""
+    for seed, (width, height) in enumerate([(512, 512), (451, 300), (300, 451), (640, 480), (333, 257)]):
+        data = encoded("RGB", width, height, fmt="JPEG", seed=seed)
+        settings = {"resize": 256, "crop": 224, "interpolation": interpolation}
+        for channels in (3, 1):
+            pixels = image_to_pixels(data, settings, channels)[0].numpy()
+            expected = torchvision_pixels(data, 256, 224, interpolation, channels)
+            assert np.array_equal(pixels, expected), f"{width}x{height}, {channels} channel(s)"
+
+
+def test_several_images_fill_one_batch() -> None:
+    images = [encoded("RGB", 61, 45, seed=1), encoded("RGB", 45, 61, fmt="JPEG", seed=2)]
+    batch = images_to_pixels(images, PREPROCESS, 3)
+    assert batch.shape == (2, 32, 32, 3) and batch.is_contiguous()
+    for row, data in zip(batch.numpy(), images, strict=True):
+        assert np.array_equal(row, torchvision_pixels(data, 40, 32, "bilinear", 3))
+
+
+def test_draft_decodes_large_jpegs_at_reduced_scale_and_leaves_the_others_exact() -> None:
+    """REPARAM_JPEG_DRAFT: a JPEG at least twice the resize is decoded by libjpeg at a reduced scale
+    (close to torchvision's pixels, not equal); smaller JPEGs and other formats stay exact."""
+    settings = {"resize": 256, "crop": 224}
+    photo = io.BytesIO()
+    gradient = np.linspace(0, 255, 512, dtype=np.float64)
+    smooth = np.stack(
+        [
+            np.add.outer(gradient, gradient) / 2,
+            np.add.outer(gradient, -gradient) / 2 + 128,
+            np.add.outer(-gradient, gradient) / 2 + 128,
+        ],
+        axis=2,
+    ).astype(np.uint8)
+    Image.fromarray(smooth).save(photo, format="JPEG", quality=90)
+    large = photo.getvalue()
+    drafted = image_to_pixels(large, settings, 3, draft=True)[0].numpy().astype(int)
+    exact = torchvision_pixels(large, 256, 224, "bilinear", 3).astype(int)
+    assert not np.array_equal(drafted, exact)
+    assert np.abs(drafted - exact).mean() < 1.0 and np.abs(drafted - exact).max() <= 8
+    for data in (encoded("RGB", 500, 300, fmt="JPEG"), encoded("RGB", 600, 600, fmt="PNG")):
+        pixels = image_to_pixels(data, settings, 3, draft=True)[0].numpy()
+        assert np.array_equal(pixels, torchvision_pixels(data, 256, 224, "bilinear", 3))
 
 
 @pytest.mark.parametrize(
@@ -137,7 +183,7 @@ def test_a_resize_past_the_limit_is_refused_with_its_sizes() -> None:
 MEMORY_PROBE = """
 import base64, resource, sys
 from service.errors import BadInput
-from service.images import image_to_pixels
+from service.images import image_to_pixels, images_to_pixels
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

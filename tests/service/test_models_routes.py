@@ -16,7 +16,7 @@ from safetensors.torch import load
 from reparam_core.deploy import load_artifacts
 from service.config import Settings
 from tests.helpers import SERVICE_SPEC as SPEC
-from tests.helpers import convert_form, make_checkpoint, png_bytes, wait_for
+from tests.helpers import convert_form, make_checkpoint, png_bytes, ready, wait_for
 
 
 def test_list_describe_download_delete(
@@ -75,12 +75,6 @@ def test_api_docs_work_offline(client: TestClient) -> None:
         assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
         assert assets and "://" not in "".join(assets), assets
         assert all(client.get(asset).status_code == 200 for asset in assets)
-
-
-def ready(client: TestClient, url: str, waiting: tuple[int, ...] = (404, 503)) -> Any:
-    """The answer to GET ``url`` once it is no longer one of ``waiting``, else None (ask again)."""
-    answer = client.get(url)
-    return None if answer.status_code in waiting else answer
 
 
 def test_model_pt2_is_exported_after_registration_and_after_a_restart(

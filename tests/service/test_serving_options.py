@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from reparam_core import convert
-from reparam_core.deploy import ONNX, ServingOptions
+from reparam_core.deploy import ONNX, ServingOptions, load_artifacts
+from reparam_core.deploy.runtimes import onnx_runner
 from service.app import create_app
 from service.config import Settings
+from service.jobs import exports
 from service.store import MetadataStore
 from service.store.artifacts import LocalArtifactStore
 from tests.helpers import (
@@ -20,8 +23,10 @@ from tests.helpers import (
     convert_form,
     model_input,
     png_bytes,
+    ready,
     state_of,
     training_probabilities,
+    wait_for,
     wait_ready,
 )
 from tests.helpers import SERVICE_SPEC as SPEC
@@ -163,10 +168,34 @@ def test_each_runtime_converts_checks_and_serves(
 
 
 def test_model_onnx_is_an_artifact_of_every_version(client: TestClient, checkpoint: Path) -> None:
+    """Runtime torch: written after registration, checked against the stored net in float64."""
     body = client.post("/convert", **convert_form(checkpoint)).json()
-    assert body["report"]["onnx"]["dtype"] == "onnx float32" and body["report"]["onnx"]["passed"]
+    assert body["report"]["onnx"] is None and "onnx" not in body["timings"]  # not on the request path
+    url = "/models/tiny/versions/1/artifacts/model.onnx"
+    onnx = wait_for(lambda: ready(client, url, waiting=(503,)))
+    assert onnx.status_code == 200, onnx.text
     assert "model.onnx" in client.get("/models/tiny/versions/1").json()["artifacts"]
-    assert client.get("/models/tiny/versions/1/artifacts/model.onnx").status_code == 200
+    net, spec = load_artifacts(client.app.state.artifacts.local_path(body["digest"]))  # type: ignore[attr-defined]
+    x = torch.randn(2, *spec.sample_shape())
+    ours = onnx_runner("onnxruntime", onnx.content, "fp32")(x)
+    assert torch.allclose(ours, net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_onnx_that_differs_from_the_stored_net_is_not_kept(
+    client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = exports.export_onnx
+
+    def bent(net: torch.nn.Module, shape: tuple[int, int, int]) -> bytes:
+        wrong = copy.deepcopy(net)
+        with torch.no_grad():
+            list(wrong.parameters())[-1].add_(0.5)
+        return real(wrong, shape)
+
+    monkeypatch.setattr(exports, "export_onnx", bent)
+    assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+    answer = wait_for(lambda: ready(client, "/models/tiny/versions/1/artifacts/model.onnx", waiting=(503,)))
+    assert answer.status_code == 404 and "differs from the stored net" in answer.json()["detail"]
 
 
 def test_a_runtime_that_does_not_serve_a_precision_is_422(client: TestClient, checkpoint: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import socket
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -16,7 +18,7 @@ from service.app import create_app
 from service.backends.torchserve_process import find_java_home, torchserve_executable
 from service.config import Settings
 from tests.helpers import SERVICE_SPEC as TINY
-from tests.helpers import convert_form, model_input, png_bytes, randomize_, wait_ready
+from tests.helpers import convert_form, model_input, png_bytes, randomize_, wait_for, wait_ready
 
 pytestmark = pytest.mark.skipif(
     find_java_home() is None or torchserve_executable() is None,
@@ -146,3 +148,43 @@ def test_convert_serve_predict_restart(settings: Settings, tmp_path: Path) -> No
         assert restarted.delete("/models/a0/versions/1").status_code == 204
         gone = restarted.post("/predict/a0", content=image, headers={"Content-Type": "image/png"})
         assert gone.status_code == 404
+
+
+def test_cold_versions_unload_scale_up_on_demand_and_an_alias_warms_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The worker policy against a real TorchServe: the older version goes cold (no worker) once
+    idle, its first request starts a worker and is answered, it goes cold again, and an alias
+    moved to it loads its worker without a request and keeps it."""
+    settings = settings.model_copy(
+        update={"workers_per_model": 1, "idle_unload_s": 4.0, "supervise_interval_s": 0.5}
+    )
+    image = png_bytes(40, 40, seed=6)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        for seed in (1, 2):
+            model = randomize_(build_train_model(TINY), seed=seed).eval()
+            torch.save({"model": model.state_dict()}, tmp_path / f"{seed}.pth")
+            form = convert_form(tmp_path / f"{seed}.pth", name="tiny", spec=TINY)
+            assert client.post("/convert", **form).status_code == 201
+        management = client.app.state.backend.management_url  # type: ignore[attr-defined]
+
+        def workers(version: int) -> tuple[int, int] | None:
+            """minWorkers and ready workers (None while TorchServe's description waits on a scale-up)."""
+            try:
+                entry = httpx.get(f"{management}/models/tiny-v{version}", timeout=10).json()[0]
+            except httpx.TimeoutException:
+                return None
+            return entry["minWorkers"], sum(w["status"] == "READY" for w in entry["workers"])
+
+        wait_for(lambda: workers(1) == (0, 0) or None, timeout=60)  # idle and no longer the latest: unloaded
+        assert workers(2) == (1, 1) and client.get("/readyz").status_code == 200
+        answer = client.post("/predict/tiny?version=1", content=image, headers={"Content-Type": "image/png"})
+        assert answer.status_code == 200, answer.text
+        assert workers(1) == (1, 1)
+        wait_for(lambda: workers(1) == (0, 0) or None, timeout=60)  # idle again
+        moved = client.put("/models/tiny/aliases/production", json={"version": 1})
+        assert moved.status_code == 200
+        wait_for(lambda: workers(1) == (1, 1) or None, timeout=120)  # loaded without a request
+        time.sleep(3 * settings.idle_unload_s)
+        assert workers(1) == (1, 1) and workers(2) == (1, 1)  # aliased and latest: both stay warm
