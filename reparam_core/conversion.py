@@ -111,16 +111,23 @@ class _Timer:
 
 def _fitting_presets(arch: ArchSpec, state: dict[str, Tensor]) -> str:
     """``; it fits repvgg variant A1`` when another preset of the family has exactly these
-    tensors (a wrong ``variant`` otherwise shows as hundreds of shape mismatches), else ``""``."""
-    if arch.variant is None:
-        return ""
-    others = [
+    tensors (a wrong ``variant`` otherwise shows as hundreds of shape mismatches), or ``; it fits
+    block qarepvgg_v1`` when another of the few blocks the family allows does, else ``""``."""
+    variants = [
         variant
-        for variant in arch.family_info.presets
+        for variant in (arch.family_info.presets if arch.variant is not None else ())
         if variant != arch.variant
         and fits(build_train_model(arch.model_copy(update={"variant": variant}), device="meta"), state)
     ]
-    return f"; it fits {arch.family} variant {' or '.join(others)}" if others else ""
+    blocks = [
+        block
+        for block in sorted(arch.family_info.allowed_blocks or ())
+        if block != arch.block_family
+        and fits(build_train_model(arch.model_copy(update={"block": block}), device="meta"), state)
+    ]
+    hints = [f"{arch.family} variant {' or '.join(variants)}"] if variants else []
+    hints += [f"block {' or '.join(blocks)}"] if blocks else []
+    return f"; it fits {' and '.join(hints)}" if hints else ""
 
 
 def convert(

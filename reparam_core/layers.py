@@ -38,30 +38,36 @@ SEPlacement = Literal["pre_act", "post_act"]
 
 
 class SESpec(BaseModel):
-    """Squeeze-excitation settings. ``placement`` says whether SE runs before or after the activation."""
+    """Squeeze-excitation settings. ``placement`` says whether SE runs before or after the activation;
+    ``norm_eps`` adds a BatchNorm (that epsilon) after the gate: QARepVGG's post-sum BN, which the SE
+    in front of it keeps from folding into the conv."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rd_channels: int = Field(gt=0, description="channels of the bottleneck")
     placement: SEPlacement = "pre_act"
+    norm_eps: float | None = Field(default=None, gt=0, description="BatchNorm after the gate, its eps")
 
 
 class SqueezeExcite(nn.Module):
-    """Global-average squeeze, 1x1 reduce, ReLU, 1x1 expand, sigmoid gate.
+    """Global-average squeeze, 1x1 reduce, ReLU, 1x1 expand, sigmoid gate (then ``bn`` with
+    ``norm_eps``: a BN after the gate, which no conv can absorb).
 
     The squeeze averages over both spatial axes of whatever size comes in; pooling with
     ``kernel_size = width`` (as some public code does) breaks on non-square inputs.
     """
 
-    def __init__(self, channels: int, rd_channels: int) -> None:
+    def __init__(self, channels: int, rd_channels: int, norm_eps: float | None = None) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, rd_channels, 1, bias=True)
         self.act = nn.ReLU()
         self.expand = nn.Conv2d(rd_channels, channels, 1, bias=True)
+        self.bn = nn.BatchNorm2d(channels, eps=norm_eps) if norm_eps is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)
-        return x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
+        out = x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
+        return self.bn(out) if self.bn is not None else out
 
 
 def apply_epilogue(x: Tensor, se: nn.Module | None, act: nn.Module, placement: str) -> Tensor:

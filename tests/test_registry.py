@@ -17,6 +17,9 @@ def test_known_families_are_registered() -> None:
         "orepa",
         "orepa_large",
         "orepa_vgg",
+        "qarepvgg",
+        "qarepvgg_avg",
+        "qarepvgg_v1",
         "repvgg",
     }
     assert BLOCKS.get("RepVGG") is RepVGGBlock
@@ -43,5 +46,5 @@ def test_architecture_families_register_where_they_are_defined() -> None:
     from reparam_core.arch.mobileone import MOBILEONE
     from reparam_core.arch.vgg import REPVGG
 
-    assert FAMILIES.names() == ["mobileone", "repopt_vgg", "repvgg"]
+    assert FAMILIES.names() == ["mobileone", "qarepvgg", "repopt_vgg", "repvgg"]
     assert FAMILIES.get("repvgg").presets is REPVGG and FAMILIES.get("mobileone").presets is MOBILEONE

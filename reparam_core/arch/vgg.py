@@ -1,9 +1,10 @@
-"""RepVGG-style nets (``repvgg``, ``repopt_vgg``): a stem then four stages of kxk blocks.
+"""RepVGG-style nets (``repvgg``, ``repopt_vgg``, ``qarepvgg``): a stem then four stages of kxk blocks.
 
 Presets: stem min(64, 64a), stages 64a, 128a, 256a, 512b, each starting at stride 2; grouped
 layers (g2/g4) are 2, 4, ..., 26 counted from the stem = 0. ``repvgg`` nets may hold any
 registered block family (``block``: acb, dbb, orepa, csla...); RepOpt-VGG trains plain conv-BN
-blocks (``conv_bn``) or their CSLA form.
+blocks (``conv_bn``) or their CSLA form; QARepVGG nets (RepVGG's presets, as cxxgtxy/QARepVGG
+builds them) hold one of the QARepVGG block forms.
 """
 
 from __future__ import annotations
@@ -120,5 +121,17 @@ register_family(
         layout=layout,
         # RepOptimizers' own evaluation (TEST.CROP off): Resize(224) + CenterCrop(224), bilinear
         preprocess=lambda variant: {"crop_pct": 1.0},
+    )
+)
+register_family(
+    Family(
+        name="qarepvgg",
+        default_block="qarepvgg",
+        allowed_blocks=frozenset({"qarepvgg", "qarepvgg_v1", "qarepvgg_avg"}),
+        presets=REPVGG,
+        expand=lambda variant: expand(REPVGG[variant]),
+        layout=layout,
+        # cxxgtxy/QARepVGG's evaluation: Resize(256, bicubic) + CenterCrop(224)
+        preprocess=lambda variant: {"interpolation": "bicubic"},
     )
 )

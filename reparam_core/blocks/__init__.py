@@ -14,6 +14,7 @@ from .csla import LinearAddBlock
 from .dbb import DiverseBranchBlock
 from .mobileone import MobileOneBlock
 from .orepa import OREPABlock, OREPALargeBlock, OREPAVGGBlock
+from .qarepvgg import QARepVGGAvgBlock, QARepVGGBlock, QARepVGGV1Block
 from .repvgg import RepVGGBlock
 
 __all__ = [
@@ -27,6 +28,9 @@ __all__ = [
     "OREPABlock",
     "OREPALargeBlock",
     "OREPAVGGBlock",
+    "QARepVGGAvgBlock",
+    "QARepVGGBlock",
+    "QARepVGGV1Block",
     "RepVGGBlock",
     "ReparamBlock",
     "register_block",

@@ -73,7 +73,7 @@ class ReparamBlock(nn.Module, ABC):
         self.padding = dilation * (kernel_size - 1) // 2
         self.activation = activation
         self.se_spec = se
-        self.se = SqueezeExcite(out_channels, se.rd_channels) if se else None
+        self.se = SqueezeExcite(out_channels, se.rd_channels, se.norm_eps) if se else None
         self.act = make_activation(activation)
 
     def _check_options(

@@ -48,9 +48,10 @@ def inspect_state(
 
 
 def _fused_native(state: dict[str, Tensor]) -> bool:
-    """Our own deploy layout: every block is ``conv.weight`` + ``conv.bias`` and there is no BN."""
+    """Our own deploy layout: every block is ``conv.weight`` + ``conv.bias`` and there is no BN
+    (but the one after an SE gate, ``se.bn``: QARepVGG's post-sum BN, kept in the deploy net)."""
     has_bias = any(k.endswith(".conv.bias") and BLOCK_PREFIX.match(k) for k in state)
-    return has_bias and not any(k.endswith("running_var") for k in state)
+    return has_bias and not any(k.endswith("running_var") and ".se.bn." not in k for k in state)
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:

@@ -26,12 +26,14 @@ def _stage(offset: int) -> Callable[[re.Match[str]], str]:
 
 @dataclass(frozen=True)
 class KeyFormat:
-    """A source layout: regex renames applied in order, and the keys that only this layout has
-    (``markers``, to name it without a model to match against)."""
+    """A source layout: regex renames applied in order, then ``moves`` (renames that depend on the
+    block's other keys), and the keys that only this layout has (``markers``, to name it without a
+    model to match against)."""
 
     name: str
     rules: tuple[Rule, ...] = ()
     markers: re.Pattern[str] | None = None
+    moves: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
 
     def map_key(self, key: str) -> str:
         for pattern, replacement in self.rules:
@@ -39,11 +41,33 @@ class KeyFormat:
         return key
 
     def apply(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {self.map_key(k): v for k, v in state.items()}
+        mapped = {self.map_key(k): v for k, v in state.items()}
+        return self.moves(mapped) if self.moves is not None else mapped
+
+
+_BLOCK_BN = re.compile(r"^(.*\.)?bn\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def _bn_after_se(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """QARepVGG with SE: the official block's post-sum ``bn`` follows its SE gate, so ours lives in
+    the SE module (``se.bn``). Only blocks with RepVGG branches, an SE and a block-level ``bn`` move
+    (RepOpt-VGG's CSLA blocks keep their ``bn``: it comes before their SE)."""
+
+    def target(key: str) -> str:
+        match = _BLOCK_BN.match(key)
+        if match is None:
+            return key
+        block = match.group(1) or ""
+        if f"{block}se.reduce.weight" in state and f"{block}conv_kxk.conv.weight" in state:
+            return f"{block}se.bn.{match.group(2)}"
+        return key
+
+    return {target(k): v for k, v in state.items()}
 
 
 _BLOCK_OFFICIAL = (
-    # RepVGG (DingXiaoH/RepVGG) and RepOpt-VGG
+    # RepVGG (DingXiaoH/RepVGG) and RepOpt-VGG; QARepVGG (cxxgtxy/QARepVGG, and YOLOv6's
+    # QARepVGGBlock / QARepVGGBlockV2: the same block keys) adds a block-level post-sum ``bn``
     (r"\.rbr_dense\.", ".conv_kxk."),
     (r"\.rbr_1x1\.", ".conv_1x1."),
     (r"\.rbr_identity\.", ".identity."),
@@ -80,6 +104,7 @@ FORMATS: tuple[KeyFormat, ...] = (
             (r"^linear\.", "head.fc."),
             *_BLOCK_OFFICIAL,
         ),
+        moves=_bn_after_se,
         markers=re.compile(
             r"^stage0\.|^linear\.|\.(rbr_\w+|square_conv|dbb_\w+|weight_(orepa|or1x1|rbr)_\w+)"
         ),
@@ -196,5 +221,16 @@ def guess_family(state: dict[str, Tensor]) -> str | None:
         depthwise = any(v.ndim == 4 and v.shape[1] == 1 for v in fused)
         shared = "mobileone" if depthwise else "repvgg"
         counts[shared] = counts.get(shared, 0) + len(fused)
+    if counts.get("repvgg") and _post_sum_bn(state):
+        counts["qarepvgg"] = counts.pop("repvgg")
     name, count = max(counts.items(), key=lambda item: item[1])
     return name if count else None
+
+
+_RBR_DENSE = re.compile(r"^(.*\.)(rbr_dense|conv_kxk)\.conv\.weight$")
+
+
+def _post_sum_bn(state: dict[str, Tensor]) -> bool:
+    """Whether a block with RepVGG branches has a BN of its own after the sum (QARepVGG)."""
+    blocks = {m.group(1) for k in state if (m := _RBR_DENSE.match(k))}
+    return any(f"{b}bn.weight" in state or f"{b}se.bn.weight" in state for b in blocks)

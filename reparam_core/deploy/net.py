@@ -40,7 +40,7 @@ class FusedConv(nn.Module):
             bias=True,
             padding_mode=spec.padding_mode,
         )
-        self.se = SqueezeExcite(spec.out_channels, spec.se.rd_channels) if spec.se else None
+        self.se = SqueezeExcite(spec.out_channels, spec.se.rd_channels, spec.se.norm_eps) if spec.se else None
         self.act = make_activation(spec.activation, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -115,7 +115,7 @@ def test_mobileone_stages_are_depthwise_pointwise_pairs() -> None:
         ({"family": "repvgg", "variant": "A9"}, "unknown repvgg variant 'A9'; known: A0, A1"),
         (
             {"family": "resnet", "variant": "A0"},
-            "unknown family 'resnet'; known: mobileone, repopt_vgg, repvgg",
+            "unknown family 'resnet'; known: mobileone, qarepvgg, repopt_vgg, repvgg",
         ),
         ({"family": "repvgg", "variant": "A0", "block": "conv3"}, "unknown block 'conv3'"),
         ({"family": "mobileone", "variant": "S0", "block": "dbb"}, "family 'mobileone' takes block"),

@@ -5,13 +5,21 @@ from __future__ import annotations
 import pytest
 
 from reparam_core import BLOCKS, SpecError
-from reparam_core.blocks import ACBlock, DiverseBranchBlock, MobileOneBlock, OREPALargeBlock, RepVGGBlock
+from reparam_core.blocks import (
+    ACBlock,
+    DiverseBranchBlock,
+    MobileOneBlock,
+    OREPALargeBlock,
+    QARepVGGAvgBlock,
+    RepVGGBlock,
+)
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda: DiverseBranchBlock(8, 8, 3, dilation=2), "dilation=2 cannot be fused"),
+        (lambda: QARepVGGAvgBlock(8, 8, 3, dilation=2), "dilation=2 cannot be fused"),
         (lambda: ACBlock(8, 8, 1), "kernel_size=1 not supported"),
         (lambda: RepVGGBlock(8, 8, 4), "kernel_size=4 not supported"),
         (lambda: OREPALargeBlock(8, 8, 3), "kernel_size=3 not supported"),

@@ -58,6 +58,17 @@ TO_OFFICIAL_REPVGG = renamer(
     (r"\.se\.reduce\.", ".se.down."),
     (r"\.se\.expand\.", ".se.up."),
 )
+# cxxgtxy/QARepVGG (and YOLOv6's QARepVGG blocks): RepVGG's names, the post-sum BN is the block's
+# own ``bn`` whether or not an SE gate comes before it
+TO_OFFICIAL_QAREPVGG = renamer(
+    *OFFICIAL_MODEL,
+    (r"\.se\.bn\.", ".bn."),
+    (r"\.conv_kxk\.", ".rbr_dense."),
+    (r"\.conv_1x1\.", ".rbr_1x1."),
+    (r"\.identity\.", ".rbr_identity."),
+    (r"\.se\.reduce\.", ".se.down."),
+    (r"\.se\.expand\.", ".se.up."),
+)
 TO_OFFICIAL_MOBILEONE = renamer(
     *OFFICIAL_MODEL,
     (r"\.conv_kxk\.", ".rbr_conv."),
@@ -105,6 +116,10 @@ CUSTOM = {
     "stem": {"width": 16},
     "stages": [{"depth": 2, "width": 16}, {"depth": 1, "width": 32}],
 }
+CUSTOM_SE = {  # SE on the last two blocks only
+    **CUSTOM,
+    "stages": [{"depth": 2, "width": 16, "se": {}, "se_blocks": 1}, {"depth": 1, "width": 32, "se": {}}],
+}
 CASES = [
     ("official", {"family": "repvgg", "variant": "A0", **SMALL}, TO_OFFICIAL_REPVGG),
     ("official", {"family": "repvgg", "variant": "D2se", **SMALL}, TO_OFFICIAL_REPVGG),
@@ -115,6 +130,10 @@ CASES = [
     ("official", {**CUSTOM, "block": "dbb", **SMALL}, TO_OFFICIAL_DBB),
     ("official", {**CUSTOM, "block": "orepa", **SMALL}, renamer(*OFFICIAL_MODEL)),
     ("official", {**CUSTOM, "block": "orepa_vgg", **SMALL}, TO_OFFICIAL_REPVGG),
+    ("official", {"family": "qarepvgg", "variant": "A0", **SMALL}, TO_OFFICIAL_QAREPVGG),
+    ("official", {**CUSTOM_SE, "family": "qarepvgg", "block": "qarepvgg_v1", **SMALL}, TO_OFFICIAL_QAREPVGG),
+    ("official", {**CUSTOM_SE, "family": "qarepvgg", "block": "qarepvgg_avg", **SMALL}, TO_OFFICIAL_QAREPVGG),
+    ("official", {**CUSTOM_SE, "family": "repopt_vgg", "block": "csla", **SMALL}, renamer(*OFFICIAL_MODEL)),
     ("mmpretrain", {"family": "repvgg", "variant": "A0", **SMALL}, TO_MMPRETRAIN_REPVGG),
     ("mmpretrain", {"family": "repvgg", "variant": "D2se", **SMALL}, TO_MMPRETRAIN_REPVGG),
     ("mmpretrain", {"family": "mobileone", "variant": "S4", **SMALL}, TO_MMPRETRAIN_MOBILEONE),
