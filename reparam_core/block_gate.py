@@ -164,7 +164,8 @@ def _fused_float64(block: ReparamBlock, buffer: Tensor) -> dict[str, Tensor]:
         kernel, bias = block.equivalent_kernel_bias()
     exact = {"conv.weight": kernel, "conv.bias": bias}
     if block.se is not None:
-        exact.update({f"se.{k}": v for k, v in block.se.state_dict().items()})
+        se = block.se.state_dict().items()  # floating tensors only (not a BN's num_batches_tracked)
+        exact.update({f"se.{k}": v for k, v in se if v.is_floating_point()})
     return exact
 
 
