@@ -28,6 +28,7 @@ from ..equivalence import compare_outputs, random_input
 from ..errors import ConversionError, ReparamError
 from .net import PlainNet, build_deploy_model
 from .spec import DeploySpec
+from .tracing import TRACING
 
 WEIGHTS = "model.safetensors"
 SPEC = "deploy_spec.json"
@@ -122,7 +123,7 @@ def export_program(model: torch.nn.Module, input_shape: tuple[int, ...], path: P
     # Batch 2 in the example: torch.export specialises a size-1 dimension, even one marked dynamic.
     example = random_input((2, *input_shape[1:])).to(next(model.parameters()).dtype)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
+    with TRACING, torch.no_grad():
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path))
         reloaded = torch.export.load(str(path)).module()

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..equivalence import random_input
 from ..errors import ConversionError, SpecError
+from .tracing import TRACING
 
 Runtime = Literal["torch", "onnxruntime", "openvino"]
 ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
@@ -58,7 +59,7 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, int, int]) -> bytes:
         3: torch.export.Dim("width", min=min(8, width), max=4096),
     }
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with TRACING, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 net,

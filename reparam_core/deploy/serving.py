@@ -35,6 +35,7 @@ from .cpu import cpu_capabilities
 from .preprocess import PixelNormaliser
 from .runtimes import Runtime, onnx_runner
 from .spec import DeploySpec
+from .tracing import TRACING
 
 Precision = Literal["fp32", "fp16", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -199,17 +200,20 @@ class ServingModel:
             return torch.softmax(logits.float(), dim=1).cpu()
 
     def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: Iterable[int]) -> None:
-        """Run ``warmup_iterations`` passes at each batch size (all of them compile, when compiling)."""
+        """Run ``warmup_iterations`` passes at each batch size (all of them compile, when compiling,
+        holding :data:`~.tracing.TRACING`)."""
         sizes = sorted(set(batch_sizes))
         iterations = max(self.options.warmup_iterations, 1 if self.options.compile else 0)
         start = time.perf_counter()
         first_calls = 0.0
+        tracing = TRACING if self.options.compile else contextlib.nullcontext()
         for size in sizes:
             x = random_input((size, *sample_shape)).float()
             for i in range(iterations):
                 call = time.perf_counter()
                 try:
-                    self.logits(x)
+                    with tracing:
+                        self.logits(x)
                 except Exception as exc:
                     if not self.options.compile:
                         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from torch import Tensor
@@ -115,11 +116,15 @@ class InProcessBackend:
     def prewarm(self, name: str, version: int) -> None:
         """Nothing to load: a registered version is ready."""
 
-    async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
+    async def register(
+        self, name: str, version: int, artifacts: Path, serving: ServingOptions
+    ) -> dict[str, float]:
         async with self.locks.hold(name, version):
+            started = time.perf_counter()
             served = await asyncio.to_thread(self._load, artifacts, serving)
             await self._unload(name, version)
             self._models[(name, version)] = _Batcher(served, self.max_batch)
+            return {"register": time.perf_counter() - started}
 
     def _load(self, artifacts: Path, serving: ServingOptions) -> ServingModel:
         return load_for_serving(artifacts, serving, self.device, self.warmup_sizes)

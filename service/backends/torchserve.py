@@ -29,7 +29,7 @@ from reparam_core.deploy import ServingOptions
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..torchserve_handler import wire
-from .archive import archive_name, build_mar, version_of
+from .archive import MANIFEST, archive_name, build_model_dir, remove_model_dir, version_of
 from .base import VersionLocks
 from .torchserve_process import TorchServeProcess
 
@@ -80,10 +80,15 @@ class TorchServeBackend:
         """A managed TorchServe: started, and answering /ping, or stopped again and an error raised."""
         if self.process is None:
             return
-        for leftover in self.settings.resolved_model_store.glob(
-            "*.mar"
-        ):  # every registration rebuilds its own
-            leftover.unlink(missing_ok=True)
+        store = self.settings.resolved_model_store
+        if store.is_dir():  # every registration rebuilds its own folder
+            for leftover in store.iterdir():
+                if (
+                    leftover.suffix == ".mar"
+                    or leftover.name.startswith(".")
+                    or (leftover / MANIFEST).exists()
+                ):
+                    remove_model_dir(leftover)
         try:
             await asyncio.to_thread(self.process.spawn)
             await self._wait_answering(self.process)
@@ -170,16 +175,20 @@ class TorchServeBackend:
     def busy(self, name: str, version: int) -> bool:
         return self.locks.busy(name, version)
 
-    async def register(self, name: str, version: int, artifacts: Path, serving: ServingOptions) -> None:
+    async def register(
+        self, name: str, version: int, artifacts: Path, serving: ServingOptions
+    ) -> dict[str, float]:
         async with self.locks.hold(name, version):
+            started = time.perf_counter()
             store = self.settings.resolved_model_store
-            mar = await asyncio.to_thread(build_mar, name, version, artifacts, serving, store)
+            folder = await asyncio.to_thread(build_model_dir, name, version, artifacts, serving, store)
+            archived = time.perf_counter()
             model = archive_name(name, version)
             await self._delete_if_present(model, version)
             self._workers.pop(model, None)
             workers = self._placed(model, time.monotonic())
             params = {
-                "url": mar.name,
+                "url": folder.name,
                 "model_name": model,
                 "initial_workers": workers,
                 "synchronous": "true",
@@ -193,10 +202,11 @@ class TorchServeBackend:
                 if status >= 300:
                     raise BackendUnavailable(f"TorchServe refused {model}: {status} {text.strip()}")
             except BaseException:
-                mar.unlink(missing_ok=True)  # no archive outlives a failed registration
+                await asyncio.to_thread(remove_model_dir, folder)  # none outlives a failed registration
                 raise
             self._workers[model] = workers
             log.info("registered %s with TorchServe (%d workers)", model, workers)
+            return {"archive": archived - started, "register": time.perf_counter() - archived}
 
     async def unregister(self, name: str, version: int) -> None:
         """Unregister, then answer the requests TorchServe dropped (BackendUnavailable, at once)."""
@@ -208,7 +218,7 @@ class TorchServeBackend:
             self._workers.pop(model, None)
             self._needed.pop(model, None)
             self._scaling.pop(model, None)
-            (self.settings.resolved_model_store / f"{model}.mar").unlink(missing_ok=True)
+            await asyncio.to_thread(remove_model_dir, self.settings.resolved_model_store / model)
 
     def _placed(self, model: str, now: float) -> int:
         """The workers the policy gives a model now: cold ones idle for ``idle_unload_s`` get

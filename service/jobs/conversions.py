@@ -205,10 +205,9 @@ class Conversions:
         )
         if not created:  # another replica stored the same conversion meanwhile
             return ConversionOutcome(record, created=False)
-        started = time.perf_counter()
         await asyncio.to_thread(progress, "register")
         try:
-            await self.backend.register(
+            steps = await self.backend.register(
                 name, record.version, self.artifacts.local_path(digest), request.serving
             )
         except Exception as exc:
@@ -216,7 +215,7 @@ class Conversions:
             self.metrics.conversions.labels("backend_failed").inc()
             log.error("%s v%d converted but not registered (%s): removed again", name, record.version, exc)
             raise
-        timings = {**timings, "register": time.perf_counter() - started}
+        timings = {**timings, **steps}  # archive (TorchServe), register
         record = await asyncio.to_thread(self.metadata.set_timings, record, timings)
         for stage, seconds in timings.items():
             self.metrics.conversion_duration.labels(stage).observe(seconds)

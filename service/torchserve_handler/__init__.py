@@ -1,1 +1,1 @@
-"""The TorchServe handler shipped inside every .mar this service builds."""
+"""The TorchServe handler shipped in every model folder this service registers."""

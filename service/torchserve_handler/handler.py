@@ -1,10 +1,11 @@
 """TorchServe handler for reparam deploy nets (one class per file, as TorchServe requires).
 
-The .mar carries ``deploy_spec.json``, ``serving.json`` (the version's serving options) and the net:
-``model.safetensors`` for runtime torch, ``model.onnx`` alone for the ONNX runtimes (the worker then
-loads no PyTorch weights). The worker runs in the Python environment that has ``reparam_core``
-installed, rebuilds the net, prepares it as ``serving.json`` says and warms it up at batch size 1
-and at TorchServe's batch size before the worker reports ready.
+The model folder (service/backends/archive.py) carries ``deploy_spec.json``, ``serving.json`` (the
+version's serving options) and the net: ``model.safetensors`` for runtime torch, ``model.onnx``
+alone for the ONNX runtimes (the worker then loads no PyTorch weights). The worker runs in the
+Python environment that has ``reparam_core`` installed, rebuilds the net, prepares it as
+``serving.json`` says and warms it up at batch size 1 and at TorchServe's batch size before the
+worker reports ready.
 Each request body is one tensor (safetensors bytes): uint8 pixels ``[n, H, W, C]``, normalised
 here, or a preprocessed float batch ``[n, C, H, W]``. With TorchServe batching the handler gets
 several requests, runs them as one batch (or one by one, when their image sizes differ) and

@@ -57,7 +57,7 @@ def test_a_refused_registration_leaves_no_archive(tmp_path: Path, monkeypatch: p
 
     with pytest.raises(BackendUnavailable, match="507 worker could not start"):
         asyncio.run(register())
-    assert list(settings.resolved_model_store.glob("*.mar")) == []
+    assert list(settings.resolved_model_store.iterdir()) == []  # no model folder, no scratch
 
 
 def test_an_unreachable_torchserve_is_a_plain_sentence_and_the_cause_is_logged(

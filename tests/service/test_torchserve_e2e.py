@@ -66,7 +66,8 @@ def check_reduced_precision_worker(client: TestClient, tmp_path: Path) -> None:
 
 
 def check_onnx_runtime_workers(client: TestClient, tmp_path: Path) -> None:
-    """Versions served by ONNX Runtime and OpenVINO: their .mar carries model.onnx, their worker runs it."""
+    """Versions served by ONNX Runtime and OpenVINO: their model folder carries model.onnx, their
+    worker runs it."""
     model = randomize_(build_train_model(TINY), seed=5).eval()
     checkpoint = tmp_path / "tiny-onnx.pth"
     torch.save({"model": model.state_dict()}, checkpoint)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import zipfile
+import json
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ from reparam_core.arch import build_train_model
 from reparam_core.conversion import convert
 from reparam_core.deploy import ONNX, SERVING_FILE, WEIGHTS, PixelNormaliser, ServingOptions
 from reparam_core.deploy import SPEC as SPEC_FILE
-from service.backends.archive import build_mar
+from service.backends.archive import MANIFEST, build_model_dir
 from service.torchserve_handler.handler import ReparamHandler
 from service.torchserve_handler.wire import pack, unpack
 from tests.helpers import SERVICE_SPEC as SPEC
@@ -71,7 +71,7 @@ def test_pixels_floats_and_other_sizes_in_one_batch(tmp_path: Path) -> None:
 
 
 def test_an_onnx_runtime_archive_serves_model_onnx_without_the_pytorch_weights(tmp_path: Path) -> None:
-    """What the .mar of an onnxruntime version holds (model.onnx, spec, options; no safetensors)
+    """What the model folder of an onnxruntime version holds (model.onnx, spec, options; no safetensors)
     is all the worker needs, and it answers like the deploy net."""
     result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict(), onnx=True)
     result.save(tmp_path / "model", export=False)
@@ -89,13 +89,27 @@ def test_an_onnx_runtime_archive_serves_model_onnx_without_the_pytorch_weights(t
             assert torch.allclose(unpack(got), torch.softmax(result.deploy_model(x), dim=1), atol=1e-6)
 
 
-def test_the_archive_carries_the_net_its_runtime_serves(tmp_path: Path) -> None:
+def test_the_model_folder_carries_the_net_its_runtime_serves(tmp_path: Path) -> None:
+    """TorchServe's no-archive format: the net hard-linked from the artifacts (no copy, no zip), the
+    manifest naming it, rebuilt whole over an earlier folder; the handler loads from it."""
     result = convert(SPEC, randomize_(build_train_model(SPEC)).state_dict(), onnx=True)
     result.save(tmp_path / "model", export=False)
+    store = tmp_path / "store"
     for runtime, net, absent in (("torch", WEIGHTS, ONNX), ("openvino", ONNX, WEIGHTS)):
         serving = ServingOptions(runtime=runtime)  # type: ignore[arg-type]
-        mar = build_mar("tiny", 1, tmp_path / "model", serving, tmp_path / "store")
-        with zipfile.ZipFile(mar) as archive:
-            names = set(archive.namelist())
-            assert {net, SPEC_FILE, SERVING_FILE} <= names and absent not in names
-            assert ServingOptions.model_validate_json(archive.read(SERVING_FILE)) == serving
+        folder = build_model_dir("tiny", 1, tmp_path / "model", serving, store)
+        assert folder == store / "tiny-v1" and sorted(p.name for p in store.iterdir()) == ["tiny-v1"]
+        names = {p.name for p in folder.iterdir()}
+        assert names == {net, SPEC_FILE, SERVING_FILE, "handler.py", "MAR-INF"} and absent not in names
+        assert (folder / net).stat().st_ino == (tmp_path / "model" / net).stat().st_ino
+        manifest = json.loads((folder / MANIFEST).read_text())["model"]
+        assert manifest == {
+            "modelName": "tiny-v1",
+            "modelVersion": "1",
+            "handler": "handler.py",
+            "serializedFile": net,
+        }
+        assert ServingOptions.model_validate_json((folder / SERVING_FILE).read_text()) == serving
+        handler = ReparamHandler()
+        handler.initialize(FakeContext(folder))
+        assert handler.served.options.runtime == runtime
