@@ -5,7 +5,9 @@ a Chromium is missing (``.ci/run`` installs Debian's ``chromium``)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,7 +50,7 @@ def console(tmp_path: Path, live_server: Serving) -> Iterator[str]:
             for seed in (0, 1):
                 checkpoint = make_checkpoint(tmp_path / f"v{seed}.pth", SPEC, seed=seed)
                 files = {"checkpoint": (checkpoint.name, checkpoint.read_bytes())}
-                data = {"spec": __import__("json").dumps(SPEC), "name": "tiny"}
+                data = {"spec": json.dumps(SPEC), "name": "tiny"}
                 assert api.post("/convert", files=files, data=data).status_code == 201
         yield url
 
@@ -129,3 +131,32 @@ def test_pages_fit_the_width_without_layout_shift(page: Any, width: int, height:
         assert overflow <= 0, f"{path} is {overflow}px wider than {width}px"
         shift = page.evaluate(LAYOUT_SHIFT)
         assert shift == 0, f"{path} shifts its layout by {shift}"
+
+
+def test_a_dropped_photo_is_predicted_from_the_keyboard(page: Any, console: str) -> None:
+    page.goto("/ui/predict")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    photo = base64.b64encode(PHOTO.read_bytes()).decode()
+    dropped = page.evaluate_handle(
+        """b64 => {
+             const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+             const data = new DataTransfer();
+             data.items.add(new File([bytes], "cat.jpg", {type: "image/jpeg"}));
+             return data;
+           }""",
+        photo,
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    assert page.locator("#preview").evaluate("img => img.alt") == "the chosen image, cat.jpg"
+    page.focus("#predict-form button[type=submit]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#predictions tbody tr")
+    shown = page.locator("#predictions tbody tr").evaluate_all(
+        "rows => rows.map(r => Number(r.dataset.index))"
+    )
+    answer = httpx.post(
+        f"{console}/predict/tiny?top_k=5", content=PHOTO.read_bytes(), headers={"Content-Type": "image/jpeg"}
+    )
+    assert shown == [p["index"] for p in answer.json()["predictions"][0]]
+    assert page.locator("#predict-status").inner_text() == "tiny v2 answered"  # no alias: the newest

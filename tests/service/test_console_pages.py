@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -220,3 +221,30 @@ def test_every_console_file_ships_in_the_package() -> None:
     ]
     assert len(files) >= 8
     assert [f for f in files if not any(fnmatch(f, glob) for glob in globs["service"])] == []
+
+
+def test_a_quantization_report_gets_its_section_and_rows(
+    client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version whose report has ``quantization`` (INT8 versions): its fields and checks are shown."""
+    from service.ui import pages
+
+    assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+    int8 = {"where": None, "dtype": "int8", "input_shape": [2, 3, 32, 32], "max_rel_error": 0.0123,
+            "rel_l2_error": 0.0089, "tolerance": 0.05, "top1_agreement": 0.5, "passed": False}  # fmt: skip
+    original = pages.get_version
+
+    async def with_quantization(*args: Any) -> dict[str, Any]:
+        detail = await original(*args)
+        detail["report"]["quantization"] = {"scheme": "per-channel", "calibration_images": 16, "int8": int8}
+        return detail
+
+    monkeypatch.setattr(pages, "get_version", with_quantization)
+    html = client.get("/ui/models/tiny/versions/1").text
+    page = Elements(html)
+    assert 'id="quantization"' in html and "per-channel" in html
+    last = [text for _, text in page.having("data-key", "max_rel_error")][-1]
+    assert last == sci(0.0123) == "0.0123"
+    assert [a["data-value"] for a, _ in page.having("data-key", "passed")][-1] == "false"
+    assert [t for _, t in page.having("data-key", "passed")][-1] == "✗ fail"
+    assert [t for _, t in page.having("data-key", "top1_agreement")][-1] == "50%"
