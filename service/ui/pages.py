@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(sci=views.sci, size=views.size, when=views.when, clock=views.clock)
-templates.env.globals.update(name_pattern=NAME_PATTERN.strip("^$"))
+# an HTML pattern is compiled with the regex `v` flag, where a class' literal '-' must be escaped
+templates.env.globals.update(name_pattern=NAME_PATTERN.strip("^$").replace("_-]", "_\\-]"))
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 

@@ -105,6 +105,8 @@ def test_list_report_predict_and_alias_move(page: Any, console: str) -> None:
 
     page.get_by_role("link", name="Models", exact=True).click()
     form = page.locator("form.alias-form[data-model=tiny]")
+    form.get_by_label("Alias").fill("9 lives")  # not an alias name: the browser refuses the form
+    assert not form.get_by_label("Alias").evaluate("input => input.checkValidity()")
     form.get_by_label("Alias").fill("production")
     form.get_by_label("to version").select_option("2")
     form.get_by_role("button", name="Move").click()
