@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from reparam_core.deploy import WEIGHTS
 
-from ..deps import ArtifactsDep, MetadataDep, MetricsDep, SettingsDep
+from ..deps import ArtifactsDep, ExportsDep, MetadataDep, MetricsDep, SettingsDep
 from ..errors import NotFound
 from ..routes.models import get_model, get_version, list_models
 from ..routes.params import NAME_PATTERN, ModelName, VersionNumber
@@ -80,10 +80,11 @@ async def version_page(
     version: VersionNumber,
     metadata: MetadataDep,
     artifacts: ArtifactsDep,
+    exports: ExportsDep,
     settings: SettingsDep,
 ) -> HTMLResponse:
     try:
-        detail = await get_version(name, version, metadata)
+        detail = await get_version(name, version, metadata, artifacts, exports)
         model = await get_model(name, metadata)
     except NotFound as exc:
         return _not_found(request, str(exc))
