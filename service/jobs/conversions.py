@@ -179,7 +179,7 @@ class Conversions:
         finally:
             self.versions.release(name, digest)
         if outcome.created:  # model.onnx (runtime torch), model.pt2: off the request path
-            self.exports.schedule(outcome.record, result.deploy_model, result.deploy_spec)
+            self.exports.schedule(outcome.record)
         return outcome
 
     async def _store_and_register(
