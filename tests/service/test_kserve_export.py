@@ -28,11 +28,12 @@ from reparam_core.deploy import ONNX, SERVING_FILE, SPEC, WEIGHTS, ServingOption
 from service.backends.archive import build_model_dir
 from service.backends.torchserve_process import find_java_home, torchserve_executable
 from service.torchserve_handler.handler import ReparamHandler
-from service.torchserve_handler.wire import pack, unpack
+from service.torchserve_handler.wire import CONTENT_TYPE, pack, unpack
 from tests.helpers import SERVICE_SPEC, randomize_, wait_for
 from tests.service.test_torchserve_handler import FakeContext
 
 IMAGE = "registry.example.com/reparam-torchserve:0.1.0"
+BINARY = {"Content-Type": CONTENT_TYPE}  # as the service sends tensors (docs/operations.md#kserve)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +288,7 @@ def test_torchserve_started_as_the_runtime_starts_it_serves_the_export(
     with torch.no_grad():
         expected = torch.softmax(net(x), dim=1)
     for path in ("/predictions/tiny-net", "/v1/models/tiny-net:predict"):
-        answer = httpx.post(f"{inference}{path}", content=pack(x), timeout=60)
+        answer = httpx.post(f"{inference}{path}", content=pack(x), headers=BINARY, timeout=60)
         assert answer.status_code == 200, answer.text
         assert torch.allclose(unpack(answer.content), expected, atol=1e-6)
     refused = httpx.post(f"http://127.0.0.1:{ports['management']}/models?url=tiny-net.mar", timeout=10)
