@@ -1,11 +1,10 @@
-"""``reparam serve`` and ``reparam export-kserve``: the service's commands, added to the library's
-CLI through the ``reparam.commands`` entry-point group (the library never imports the service)."""
+"""``reparam serve``: the service's command, added to the library's CLI through the
+``reparam.commands`` entry-point group (the library never imports the service); ``reparam
+export-kserve`` comes the same way from :mod:`service.kserve.command`."""
 
 from __future__ import annotations
 
 import argparse
-
-from .kserve.command import add_export_kserve_command
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
@@ -15,7 +14,6 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default=None, help="default REPARAM_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default REPARAM_PORT or 8000")
     serve.set_defaults(run=_serve)
-    add_export_kserve_command(commands)  # under the same entry point: installed with the service
 
 
 def _serve(args: argparse.Namespace) -> int:
