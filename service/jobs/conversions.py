@@ -29,6 +29,7 @@ from reparam_core import (
     Weights,
     convert,
 )
+from reparam_core.deploy import ONNX_INT8, sha256_file
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
@@ -286,10 +287,23 @@ class Conversions:
         progress("store")
         started = time.perf_counter()
         digest = self.artifacts.put(result, export=False)  # model.pt2 comes after registration
+        if result.onnx_int8 is not None:
+            self._check_int8_file(digest, result.onnx_int8)
         uploads = (request.upload, request.reference, request.calibration)
         saved = sum(upload.seconds for upload in uploads if upload is not None)
         timings = {"save": saved, **result.timings, "store": time.perf_counter() - started}
         return result, digest, timings
+
+    def _check_int8_file(self, digest: str, onnx_int8: bytes) -> None:
+        """Versions of the same weights share one artifact folder, so one ``model.int8.onnx``: a
+        quantization of them from other calibration inputs is refused (409), not served in its place."""
+        stored = self.artifacts.local_path(digest) / ONNX_INT8
+        if sha256_file(stored) != hashlib.sha256(onnx_int8).hexdigest():
+            raise Conflict(
+                "these weights were quantized to int8 before, on other calibration inputs: an earlier "
+                "version serves that model.int8.onnx. Convert with the same calibration images (or "
+                "reference) as before, or serve this one in another precision"
+            )
 
     def _forget(self, record: VersionRecord) -> None:
         self.metadata.delete_version(record.name, record.version)

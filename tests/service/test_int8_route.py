@@ -82,3 +82,17 @@ def test_bad_calibration_images_are_refused(client: TestClient, checkpoint: Path
     large = client.post("/convert", **form(checkpoint, [b"\x89PNG\r\n\x1a\n" + bytes(MAX_CALIBRATION_BYTES)]))
     assert large.status_code == 422 and "MiB in all" in large.json()["detail"]
     assert client.get("/models/tiny").status_code == 404
+
+
+def test_other_calibration_images_for_the_same_weights_are_a_conflict(
+    client: TestClient, checkpoint: Path
+) -> None:
+    """Versions of the same weights share one model.int8.onnx: one quantized on other images would
+    be served in its place, so it is refused; the same images again are a new version."""
+    assert client.post("/convert", **form(checkpoint, images())).status_code == 201
+    other = client.post("/convert", **form(checkpoint, images()[::-1][:24]))
+    assert other.status_code == 409 and "other calibration inputs" in other.json()["detail"]
+    again = form(checkpoint, images(), serving=json.dumps({**json.loads(INT8), "int8_min_agreement": 0.9}))
+    assert client.post("/convert", **again).status_code == 201
+    assert client.get("/models/tiny/versions/2").status_code == 200
+    assert client.get("/models/tiny/versions/3").status_code == 404
