@@ -49,6 +49,7 @@ _LAZY = {
     "equivalence": ("EquivalenceReport", "check_equivalence", "resolve_device"),
     "fusion.swap": ("count_convs", "reparameterize"),
     "reference": ("Reference", "make_reference", "read_reference"),
+    "quantization": ("MAX_CALIBRATION_SAMPLES", "Int8Report", "QuantizationReport", "quantization_report"),
     "gate": ("ServingReport", "check_onnx_export"),
     "labels": ("STANDARD_LABEL_SETS", "standard_labels"),
 }
@@ -65,6 +66,7 @@ _SUBPACKAGES = (
     "fusion",
     "gate",
     "graph",
+    "quantization",
 )
 
 
@@ -105,10 +107,12 @@ if TYPE_CHECKING:
     from .fusion.swap import count_convs, reparameterize
     from .gate import ServingReport, check_onnx_export
     from .labels import STANDARD_LABEL_SETS, standard_labels
+    from .quantization import MAX_CALIBRATION_SAMPLES, Int8Report, QuantizationReport, quantization_report
     from .reference import Reference, make_reference, read_reference
 
 __all__ = [
     "BLOCKS",
+    "MAX_CALIBRATION_SAMPLES",
     "STANDARD_LABEL_SETS",
     "ArchSpec",
     "CheckpointError",
@@ -121,7 +125,9 @@ __all__ = [
     "EquivalenceError",
     "EquivalenceReport",
     "FusedConv",
+    "Int8Report",
     "PlainNet",
+    "QuantizationReport",
     "Reference",
     "ReparamBlock",
     "ReparamError",
@@ -145,6 +151,7 @@ __all__ = [
     "make_reference",
     "parse_serving",
     "parse_spec",
+    "quantization_report",
     "read_checkpoint",
     "read_reference",
     "register_block",

@@ -140,6 +140,14 @@ def _conversion_options(cmd: argparse.ArgumentParser) -> None:
         help="safetensors file of 'inputs' and your model's 'outputs': the deploy net is held to them",
     )
     cmd.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="safetensors file of preprocessed 'inputs' [N,C,H,W] (N <= 64; a reference file serves): the "
+        "report's 'quantization' section diagnoses each layer for INT8; serving precision int8 is "
+        "calibrated on them",
+    )
+    cmd.add_argument(
         "--serving",
         default=None,
         metavar="JSON",
@@ -167,6 +175,7 @@ def _convert_one(args: argparse.Namespace, checkpoint: Path, out_dir: Path) -> d
             serving=serving,
             weights=args.weights,
             reference=args.reference,
+            calibration=args.calibration,
         )
         status.update(f"{checkpoint.name}: writing artifacts")
         digests = result.save(out_dir, export=not args.no_export)
@@ -269,6 +278,34 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
             f"{sum(item['timings'].values()):.2f}",
         )
     out.print(table)
+    for item in results:
+        quantization = item.get("report", {}).get("quantization")
+        if quantization is not None:
+            out.print(_quantization_line(Path(item["checkpoint"]).name, item["report"]), highlight=False)
+
+
+def _quantization_line(name: str, report: dict[str, Any]) -> str:
+    """One line per checkpoint with a quantization report: the layers that will break INT8."""
+    quantization = report["quantization"]
+    layers = {layer["name"]: layer for layer in quantization["layers"]}
+    worst = ", ".join(
+        f"{n} (logits error {layers[n]['int8']['logits_rel_error']:.2e}, outlier ratio "
+        f"{layers[n]['outlier_ratio']:.1f})"
+        for n in quantization["worst_layers"]
+    )
+    whole = quantization["all_layers"]
+    line = (
+        f"{name}: int8 (simulated, every layer) logits error {whole['logits_rel_error']:.2e}, "
+        f"top-1 agreement {whole['top1_agreement']:.3f} on {quantization['samples']} inputs; "
+        f"worst layers alone: {worst}"
+    )
+    int8 = report.get("int8")
+    if int8 is not None:
+        line += (
+            f"; model.int8.onnx top-1 agreement {int8['top1_agreement']:.3f} on {int8['held_out_samples']} "
+            "held-out inputs"
+        )
+    return line
 
 
 def _serving_cell(serving: dict[str, Any] | None) -> str:

@@ -7,7 +7,10 @@ equivalence (docs/gate.md: every block against its fused layer in float64 on a p
 own geometry, the stored weights against the float64 fused weights, and the stored net against the
 float64 training net on a small whole-net input, bounded by the training net's own error in the
 stored precision); optionally export ``model.onnx`` and check it in ONNX Runtime against the
-float64 training net.
+float64 training net. With calibration inputs, the quantization report (:mod:`.quantization`)
+diagnoses per fused layer whether the net will survive INT8; serving precision int8 adds
+``model.int8.onnx`` (ONNX Runtime static quantization), refused below the minimum top-1 agreement
+with the float32 net on held-out inputs.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ from .errors import CheckpointError, EquivalenceError, SpecError
 from .fusion.row_blocks import fused_state_dict
 from .fusion.swap import count_convs, reparameterize
 from .gate import ServingReport, check_onnx, check_reference, check_serving, run_gate
+from .quantization import (
+    Int8Report,
+    QuantizationReport,
+    check_int8,
+    quantization_report,
+    quantize_onnx,
+    read_calibration,
+    split_calibration,
+)
 from .reference import Reference, read_reference
 from .threads import intra_op_threads
 
@@ -62,6 +74,8 @@ class ConversionReport(BaseModel):
     serving: ServingReport | None = None
     reference: EquivalenceReport | None = None  # against the user's own outputs, when given
     onnx: EquivalenceReport | None = None  # model.onnx in ONNX Runtime, when exported
+    quantization: QuantizationReport | None = None  # per-layer INT8 diagnosis, with calibration inputs
+    int8: Int8Report | None = None  # model.int8.onnx against the float32 net (serving precision int8)
     cpu: CpuCapabilities | None = None  # the CPU this conversion ran on
     params_train: int
     params_deploy: int
@@ -77,6 +91,7 @@ class ConversionResult:
     report: ConversionReport
     timings: dict[str, float] = field(default_factory=dict)
     onnx: bytes | None = None  # model.onnx, when exported
+    onnx_int8: bytes | None = None  # model.int8.onnx, for serving precision int8
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach().contiguous() for k, v in self.deploy_model.state_dict().items()}
@@ -87,7 +102,13 @@ class ConversionResult:
         file."""
         report = {"report": self.report.model_dump(mode="json"), "timings": self.timings}
         return write_artifacts(
-            self.deploy_model, self.deploy_spec, report, out_dir, export=export, onnx=self.onnx
+            self.deploy_model,
+            self.deploy_spec,
+            report,
+            out_dir,
+            export=export,
+            onnx=self.onnx,
+            onnx_int8=self.onnx_int8,
         )
 
 
@@ -145,6 +166,7 @@ def convert(
     weights: Weights = "auto",
     reference: str | Path | bytes | dict[str, Tensor] | Reference | None = None,
     onnx: bool = False,
+    calibration: str | Path | bytes | Tensor | None = None,
 ) -> ConversionResult:
     """Convert a training checkpoint to a verified deploy net. Raises ``EquivalenceError`` (with the
     report attached) when the gate fails, ``CheckpointError``/``SpecError`` for bad input.
@@ -157,7 +179,13 @@ def convert(
     fused net is also held to those outputs. With ``onnx`` (implied by a ``serving`` runtime other
     than torch), the float32 deploy net is exported to ONNX (``result.onnx``, saved as
     ``model.onnx``; needs the ``service`` extra) and, with ``validate``, checked in ONNX Runtime
-    against the float64 training net (``report.onnx``)."""
+    against the float64 training net (``report.onnx``). With ``calibration`` (preprocessed inputs
+    ``[N, C, H, W]``, at most 64, or a safetensors file of ``inputs``), ``report.quantization``
+    diagnoses each fused layer for INT8. Serving precision int8 (runtime onnxruntime) quantizes
+    ``model.onnx`` statically (``result.onnx_int8``, saved as ``model.int8.onnx``), calibrated on
+    three quarters of those inputs (or, without them, of the reference's inputs), and holds it to
+    ``serving.int8_min_agreement`` top-1 agreement with the float32 net on the other quarter
+    (``report.int8``)."""
     timer = _Timer(progress)
     target = resolve_device(device)
     with intra_op_threads():  # memory-bound stages: see reparam_core.threads
@@ -178,6 +206,7 @@ def convert(
                     if isinstance(reference, Reference)
                     else read_reference(reference, arch.in_channels, arch.num_classes, arch.input_size)
                 )
+            inputs = _calibration_inputs(arch, calibration, expected, serving)
         with timer.stage("build"):
             model = build_train_model(arch, device="meta")
             try:
@@ -196,6 +225,17 @@ def convert(
     if onnx or (serving is not None and serving.onnx):
         with timer.stage("onnx"):
             onnx_model = export_onnx(stored, deploy_spec.sample_shape())
+    quantization = int8 = onnx_int8 = None
+    if inputs is not None:
+        with timer.stage("quantization"):
+            quantization = quantization_report(stored, inputs)
+    if serving is not None and serving.precision == "int8" and inputs is not None and onnx_model:
+        with timer.stage("int8"):
+            fit, held_out = split_calibration(inputs)
+            started = time.perf_counter()
+            onnx_int8 = quantize_onnx(onnx_model, fit)
+            seconds = time.perf_counter() - started
+            int8 = check_int8(onnx_int8, stored, len(fit), held_out, serving.int8_min_agreement, seconds)
     if validate:
         with timer.stage("validate"):
             gate = run_gate(model, stored, target, tolerance, seed)
@@ -206,7 +246,7 @@ def convert(
                 against_reference = check_reference(model, deploy, expected, target, tolerance)
             if onnx_model is not None:
                 onnx_check = check_onnx(onnx_model, gate)
-        if serving is not None:
+        if serving is not None and serving.precision != "int8":  # int8: held to agreement instead
             with timer.stage("serving"):
                 served = check_serving(model, stored, deploy_spec, serving, target, gate, onnx_model)
     report = ConversionReport(
@@ -221,7 +261,8 @@ def convert(
         and (fp32 is None or fp32.passed)
         and (served is None or served.equivalence.passed)
         and (against_reference is None or against_reference.passed)
-        and (onnx_check is None or onnx_check.passed),
+        and (onnx_check is None or onnx_check.passed)
+        and (int8 is None or int8.passed),
         fp64=fp64,
         fp32=fp32,
         fp32_train=fp32_train,
@@ -229,6 +270,8 @@ def convert(
         serving=served,
         reference=against_reference,
         onnx=onnx_check,
+        quantization=quantization,
+        int8=int8,
         cpu=cpu_capabilities(),
         params_train=_params(model),
         params_deploy=_params(stored),
@@ -238,7 +281,27 @@ def convert(
     )
     if validate and not report.passed:
         raise EquivalenceError(f"equivalence gate failed for {arch.name}: {_failures(report)}", report)
-    return ConversionResult(stored, deploy_spec, report, timer.timings, onnx_model)
+    return ConversionResult(stored, deploy_spec, report, timer.timings, onnx_model, onnx_int8)
+
+
+def _calibration_inputs(
+    arch: ArchSpec,
+    calibration: str | Path | bytes | Tensor | None,
+    reference: Reference | None,
+    serving: ServingOptions | None,
+) -> Tensor | None:
+    """The calibration inputs, checked: those given, else (for serving precision int8) the
+    reference's inputs; ``SpecError`` when int8 has neither."""
+    if calibration is not None:
+        return read_calibration(calibration, arch.in_channels, arch.input_size)
+    if serving is None or serving.precision != "int8":
+        return None
+    if reference is None:
+        raise SpecError(
+            "serving.precision int8 needs calibration inputs to quantize on: give calibration inputs "
+            "(images with POST /convert) or a reference file (its inputs are used)"
+        )
+    return read_calibration(reference.inputs, arch.in_channels, arch.input_size)
 
 
 def _failures(report: ConversionReport) -> str:
@@ -257,6 +320,8 @@ def _failures(report: ConversionReport) -> str:
         + f" > tolerance {r.tolerance or 0:.3g}"
         for r in failed
     ]
+    if report.int8 is not None and not report.int8.passed:
+        messages.append(_int8_failure(report.int8, report.quantization))
     weights = report.stored_weights
     if weights is not None and not weights.passed:
         messages.append(
@@ -264,6 +329,22 @@ def _failures(report: ConversionReport) -> str:
             f"from the float64 fused weights {weights.max_rel_error:.3e} > {weights.tolerance:.3g}"
         )
     return "; ".join(messages)
+
+
+def _int8_failure(int8: Int8Report, quantization: QuantizationReport | None) -> str:
+    message = (
+        f"int8 top-1 agreement with the float32 net {int8.top1_agreement:.3f} < {int8.min_agreement:g} "
+        f"on {int8.held_out_samples} held-out inputs (logits relative error {int8.logits_rel_error:.3e})"
+    )
+    if quantization is not None:
+        worst = ", ".join(
+            f"{name} (alone in int8: logits error {layer.int8.logits_rel_error:.3e}, weight outlier "
+            f"ratio {layer.outlier_ratio:.1f})"
+            for name in quantization.worst_layers
+            for layer in [quantization.layer(name)]
+        )
+        message += f"; worst layers: {worst}"
+    return message
 
 
 def _params(model: nn.Module) -> int:

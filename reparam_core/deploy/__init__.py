@@ -11,6 +11,7 @@ conversion code are loaded.
 
 from .artifacts import (
     ONNX,
+    ONNX_INT8,
     PROGRAM,
     REPORT,
     SPEC,
@@ -42,6 +43,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ONNX",
+    "ONNX_INT8",
     "PROGRAM",
     "REPORT",
     "SERVING_FILE",

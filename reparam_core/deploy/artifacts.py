@@ -4,7 +4,8 @@
 (equivalence report, timings, digests) and ``model.pt2`` (a ``torch.export`` program with a
 dynamic batch dimension, checked to reproduce the eager deploy net), ``model.onnx`` when the
 conversion produced one (the fp32 deploy net in ONNX, dynamic batch, checked with ONNX Runtime
-against the float64 training net; what the ONNX serving runtimes run). Everything is written into a
+against the float64 training net; what the ONNX serving runtimes run), ``model.int8.onnx`` when
+the conversion quantized it (serving precision int8). Everything is written into a
 temporary sibling folder that replaces the target in one rename: a failure leaves nothing behind.
 """
 
@@ -35,6 +36,7 @@ SPEC = "deploy_spec.json"
 REPORT = "report.json"
 PROGRAM = "model.pt2"
 ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
 EXPORT_TOLERANCE = 1e-5  # exported vs eager fp32 deploy net, relative
 
 
@@ -54,11 +56,12 @@ def write_artifacts(
     *,
     export: bool = True,
     onnx: bytes | None = None,
+    onnx_int8: bytes | None = None,
 ) -> dict[str, str]:
     """Write a deploy net's artifacts to ``out_dir`` (replacing it whole); returns sha256 per file.
 
     ``report`` becomes ``report.json`` (with the digests of the other files added); ``onnx``, when
-    given, ``model.onnx``."""
+    given, ``model.onnx``; ``onnx_int8``, ``model.int8.onnx``."""
     with staged_folder(out_dir) as staging:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS), metadata={"format": "pt"})
@@ -67,6 +70,8 @@ def write_artifacts(
             export_program(model, (2, *spec.sample_shape()), staging / PROGRAM)
         if onnx is not None:
             (staging / ONNX).write_bytes(onnx)
+        if onnx_int8 is not None:
+            (staging / ONNX_INT8).write_bytes(onnx_int8)
         return finish_with_report(staging, report)
 
 

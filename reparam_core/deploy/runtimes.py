@@ -83,13 +83,14 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, int, int]) -> bytes:
 
 def onnx_runner(runtime: Runtime, onnx: bytes | Path, precision: str) -> Runner:
     """A float32 batch -> float32 logits function running ``onnx`` in ``runtime`` on the CPU, with
-    as many threads as PyTorch uses in this process (``OMP_NUM_THREADS`` in a TorchServe worker)."""
+    as many threads as PyTorch uses in this process (``OMP_NUM_THREADS`` in a TorchServe worker).
+    ``precision`` int8: ``onnx`` is the quantized ``model.int8.onnx`` (ONNX Runtime only)."""
     source = onnx.read_bytes() if isinstance(onnx, Path) else onnx
     if runtime == "onnxruntime":
         return _onnxruntime(source)
-    if runtime == "openvino":
+    if runtime == "openvino" and precision in OPENVINO_PRECISION:
         return _openvino(source, OPENVINO_PRECISION[precision])
-    raise ValueError(f"not an ONNX runtime: {runtime}")
+    raise ValueError(f"runtime {runtime} does not serve precision {precision}")
 
 
 def runtime_versions() -> dict[Runtime, str | None]:

@@ -30,23 +30,24 @@ from torch import Tensor, nn
 
 from ..equivalence import random_input, set_tf32
 from ..errors import ConversionError, ReparamError, SpecError, describe_validation_error
-from .artifacts import ONNX, load_artifacts, read_spec
+from .artifacts import ONNX, ONNX_INT8, load_artifacts, read_spec
 from .cpu import cpu_capabilities
 from .preprocess import PixelNormaliser
 from .runtimes import Runtime, onnx_runner
 from .spec import DeploySpec
 from .tracing import TRACING
 
-Precision = Literal["fp32", "fp16", "bf16"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What each runtime serves. ONNX Runtime's CPU execution provider has no bf16 convolution kernels
 # and fp16 ones only on some CPUs (elsewhere it casts around each op); OpenVINO's CPU plugin computes
-# fp16 only on CPUs with AVX512-FP16 (or ARM), bf16 natively with AVX512-BF16 or AMX.
+# fp16 only on CPUs with AVX512-FP16 (or ARM), bf16 natively with AVX512-BF16 or AMX. int8:
+# ONNX Runtime runs ``model.int8.onnx`` (static QDQ, :mod:`reparam_core.quantization.int8`).
 PRECISIONS: dict[str, tuple[str, ...]] = {
     "torch": ("fp32", "fp16", "bf16"),
-    "onnxruntime": ("fp32",),
+    "onnxruntime": ("fp32", "int8"),
     "openvino": ("fp32", "bf16"),
 }
 
@@ -60,11 +61,14 @@ class ServingOptions(BaseModel):
 
     ``runtime``: ``torch`` (the deploy net in PyTorch), ``onnxruntime`` or ``openvino`` (``model.onnx``
     on the CPU). ``precision``: weights and activations in float32, float16 or bfloat16 (torch: all
-    three; onnxruntime: fp32; openvino: fp32, bf16 through its inference precision hint). bf16 on the
-    CPU needs native bf16 (``avx512_bf16`` or AMX) and is refused elsewhere. The options below apply
-    to runtime torch: ``channels_last``: NHWC memory format (faster on CPU oneDNN and on tensor cores).
-    ``inference_mode``: ``torch.inference_mode`` rather than ``torch.no_grad``. ``compile``:
-    ``torch.compile`` with ``compile_mode`` (needs a C++ compiler on CPU; the time it takes is
+    three; onnxruntime: fp32, int8; openvino: fp32, bf16 through its inference precision hint). bf16
+    on the CPU needs native bf16 (``avx512_bf16`` or AMX) and is refused elsewhere. int8 serves
+    ``model.int8.onnx``, quantized at conversion on calibration inputs and refused there when its
+    top-1 agreement with the float32 net on held-out inputs is below ``int8_min_agreement``. The
+    options below apply to runtime torch: ``channels_last``: NHWC memory format (faster on CPU
+    oneDNN and on tensor cores). ``inference_mode``: ``torch.inference_mode`` rather than
+    ``torch.no_grad``. ``compile``: ``torch.compile`` with ``compile_mode`` (needs a C++ compiler on
+    CPU; the time it takes is
     reported). ``warmup_iterations``: forward passes per warm-up batch size before the version is
     marked ready.
     """
@@ -78,6 +82,7 @@ class ServingOptions(BaseModel):
     compile: bool = False
     compile_mode: CompileMode = "default"
     warmup_iterations: int = Field(default=2, ge=0, le=100)
+    int8_min_agreement: float = Field(default=0.99, ge=0, le=1)
 
     @model_validator(mode="after")
     def _runtime_serves_it(self) -> ServingOptions:
@@ -92,7 +97,13 @@ class ServingOptions(BaseModel):
 
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self.precision]
+        """The dtype a PyTorch net is served in; int8 models take float32 input."""
+        return DTYPES.get(self.precision, torch.float32)
+
+    @property
+    def onnx_file(self) -> str:
+        """The ONNX file an ONNX runtime serves: ``model.int8.onnx`` for int8, else ``model.onnx``."""
+        return ONNX_INT8 if self.precision == "int8" else ONNX
 
     @property
     def onnx(self) -> bool:
@@ -249,14 +260,16 @@ def load_for_serving(
     folder: str | Path, options: ServingOptions, device: torch.device | str, batch_sizes: Iterable[int]
 ) -> ServingModel:
     """A version's artifact folder served as ``options`` say: the PyTorch net for runtime torch,
-    ``model.onnx`` alone (no PyTorch weights loaded) for the ONNX runtimes."""
+    ``model.onnx`` (``model.int8.onnx`` for int8) alone (no PyTorch weights loaded) for the ONNX
+    runtimes."""
     root = Path(folder)
     if not options.onnx:
         model, spec = load_artifacts(root, options.serving_device(device))
         return prepare_for_serving(model, spec, options, device, batch_sizes)
-    if not (root / ONNX).is_file():
-        raise ReparamError(f"runtime {options.runtime} serves {ONNX}, which {root} does not hold")
-    return prepare_for_serving(root / ONNX, read_spec(root), options, device, batch_sizes)
+    net = root / options.onnx_file
+    if not net.is_file():
+        raise ReparamError(f"runtime {options.runtime} serves {net.name}, which {root} does not hold")
+    return prepare_for_serving(net, read_spec(root), options, device, batch_sizes)
 
 
 def served_precisions(runtime: Runtime, device: torch.device | str) -> list[str]:

@@ -8,7 +8,8 @@ seconds deflating a 200 MB RepVGG-B1 into a .mar TorchServe then unpacked again.
 beside its final name and renamed into place whole.
 
 No TorchScript, no pickled model: the worker rebuilds the plain net from ``deploy_spec.json`` and
-``model.safetensors`` (runtime torch), or runs ``model.onnx`` (the ONNX runtimes: the folder carries
+``model.safetensors`` (runtime torch), or runs ``model.onnx`` (``model.int8.onnx`` for precision int8;
+the ONNX runtimes: the folder carries
 no PyTorch weights, and the worker loads none).
 """
 
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from reparam_core.deploy import ONNX, SERVING_FILE, SPEC, WEIGHTS, ServingOptions
+from reparam_core.deploy import SERVING_FILE, SPEC, WEIGHTS, ServingOptions
 
 HANDLER = Path(__file__).resolve().parent.parent / "torchserve_handler" / "handler.py"
 MANIFEST = Path("MAR-INF") / "MANIFEST.json"
@@ -38,7 +39,7 @@ def version_of(model: str) -> tuple[str, int] | None:
 
 def build_model_dir(name: str, version: int, artifacts: Path, serving: ServingOptions, store: Path) -> Path:
     """Write ``<store>/<name>-v<version>/`` (replacing one left by an earlier run) and return it."""
-    net = artifacts / (ONNX if serving.onnx else WEIGHTS)
+    net = artifacts / (serving.onnx_file if serving.onnx else WEIGHTS)
     if not net.is_file():
         raise RuntimeError(f"runtime {serving.runtime} serves {net.name}; {artifacts} does not hold it")
     store.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from reparam_core import (
     Weights,
     convert,
 )
+from reparam_core.deploy import ONNX_INT8, sha256_file
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
@@ -41,7 +42,20 @@ from .exports import Exports
 log = logging.getLogger("reparam.jobs")
 Progress = Callable[[str], None]  # called (from any thread) with each stage's name as it starts
 # a conversion's stages in order: the library's (with serving options), then the service's
-STAGES = ("parse", "read", "build", "fuse", "assemble", "onnx", "validate", "serving", "store", "register")
+STAGES = (
+    "parse",
+    "read",
+    "build",
+    "fuse",
+    "assemble",
+    "onnx",
+    "quantization",
+    "int8",
+    "validate",
+    "serving",
+    "store",
+    "register",
+)
 JOINED = "joined"  # the stage of a job that waits for an identical conversion already under way
 
 
@@ -68,15 +82,18 @@ class ConversionRequest:
     weights: Weights = "auto"
     reference: Upload | None = None
     new_architecture: bool = False
+    calibration: Upload | None = None  # the calibration images, decoded and saved as inputs
 
     def digest(self) -> str:
-        """What makes two conversions of the same checkpoint the same: spec, weights, reference."""
+        """What makes two conversions of the same checkpoint the same: spec, weights, reference and
+        calibration images."""
         canonical = json.dumps(
             {
                 "spec": self.spec.model_dump(mode="json"),
                 "weights": self.weights,
                 "reference": self.reference.sha256 if self.reference else None,
-            },
+            }
+            | ({"calibration": self.calibration.sha256} if self.calibration else {}),
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -264,14 +281,29 @@ class Conversions:
             serving=request.serving,
             weights=request.weights,
             reference=request.reference.path if request.reference else None,
+            calibration=request.calibration.path if request.calibration else None,
             progress=progress,
         )
         progress("store")
         started = time.perf_counter()
         digest = self.artifacts.put(result, export=False)  # model.pt2 comes after registration
-        saved = request.upload.seconds + (request.reference.seconds if request.reference else 0.0)
+        if result.onnx_int8 is not None:
+            self._check_int8_file(digest, result.onnx_int8)
+        uploads = (request.upload, request.reference, request.calibration)
+        saved = sum(upload.seconds for upload in uploads if upload is not None)
         timings = {"save": saved, **result.timings, "store": time.perf_counter() - started}
         return result, digest, timings
+
+    def _check_int8_file(self, digest: str, onnx_int8: bytes) -> None:
+        """Versions of the same weights share one artifact folder, so one ``model.int8.onnx``: a
+        quantization of them from other calibration inputs is refused (409), not served in its place."""
+        stored = self.artifacts.local_path(digest) / ONNX_INT8
+        if sha256_file(stored) != hashlib.sha256(onnx_int8).hexdigest():
+            raise Conflict(
+                "these weights were quantized to int8 before, on other calibration inputs: an earlier "
+                "version serves that model.int8.onnx. Convert with the same calibration images (or "
+                "reference) as before, or serve this one in another precision"
+            )
 
     def _forget(self, record: VersionRecord) -> None:
         self.metadata.delete_version(record.name, record.version)

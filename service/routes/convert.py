@@ -15,9 +15,18 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from reparam_core import ArchSpec, SpecError, Weights, estimate_cost, parse_serving, parse_spec
+from reparam_core import (
+    MAX_CALIBRATION_SAMPLES,
+    ArchSpec,
+    SpecError,
+    Weights,
+    estimate_cost,
+    parse_serving,
+    parse_spec,
+)
 
 from ..auth import BEARER
+from ..calibration import MAX_CALIBRATION_BYTES, read_images, save_calibration
 from ..config import Settings
 from ..deps import ConversionsDep, MetadataDep, SettingsDep
 from ..errors import NotFound, responses
@@ -173,9 +182,9 @@ async def convert_checkpoint(
         TextPart | None,
         Form(
             description='serving options, JSON (text or a file), e.g. {"precision": "fp16", '
-            '"channels_last": true, "compile": true}; fields: precision (fp32|fp16|bf16), channels_last, '
-            "inference_mode, "
-            "compile, compile_mode, warmup_iterations"
+            '"channels_last": true, "compile": true}; fields: runtime (torch|onnxruntime|openvino), '
+            "precision (fp32|fp16|bf16|int8), channels_last, inference_mode, compile, compile_mode, "
+            "warmup_iterations, int8_min_agreement"
         ),
     ] = None,
     weights: Annotated[
@@ -187,6 +196,15 @@ async def convert_checkpoint(
         File(
             description="optional safetensors file of 'inputs' [N,C,H,W] and your own model's 'outputs' "
             "[N,classes]: the deploy net is held to them too"
+        ),
+    ] = None,
+    calibration: Annotated[
+        list[UploadFile] | None,
+        File(
+            description=f"optional calibration images (PNG, JPEG or WebP; at most {MAX_CALIBRATION_SAMPLES}, "
+            f"{MAX_CALIBRATION_BYTES >> 20} MiB in all), one file part each, preprocessed as /predict "
+            "does: the report's 'quantization' section diagnoses each layer for INT8; serving precision "
+            "int8 is calibrated on them (without them, on the reference's inputs)"
         ),
     ] = None,
     labels: Annotated[
@@ -213,6 +231,10 @@ async def convert_checkpoint(
         if reference is not None:
             label = Path(reference.filename or "reference").name
             expected = await asyncio.to_thread(_save, reference.file, folder, label, "reference.safetensors")
+        calibrated = None
+        if calibration:
+            images = await asyncio.to_thread(read_images, [part.file for part in calibration])
+            calibrated = await asyncio.to_thread(save_calibration, images, arch, folder)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -225,6 +247,7 @@ async def convert_checkpoint(
         weights,
         expected,
         new_architecture,
+        calibrated,
     )
     if not wait:  # the job owns the upload folder from here on, as does `run` below
         job = await conversions.start_job(request)

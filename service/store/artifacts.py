@@ -1,7 +1,7 @@
 """Artifact folders addressed by the sha256 of their weights, written atomically.
 
 Layout: ``<root>/sha256/<d[:2]>/<digest>/{model.safetensors, deploy_spec.json, report.json, model.pt2,
-model.onnx}``.
+model.onnx, model.int8.onnx}``.
 Identical conversions share one folder. S3-compatible storage would implement the same protocol.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 from reparam_core import ConversionResult
-from reparam_core.deploy import ONNX, PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file
+from reparam_core.deploy import ONNX, ONNX_INT8, PROGRAM, REPORT, SPEC, WEIGHTS, sha256_file
 
 from ..config import Settings
 
-FILES = (WEIGHTS, SPEC, REPORT, PROGRAM, ONNX)
+FILES = (WEIGHTS, SPEC, REPORT, PROGRAM, ONNX, ONNX_INT8)
 
 
 class ArtifactStore(Protocol):

@@ -142,7 +142,11 @@ def test_a_failing_compile_is_a_conversion_error_naming_the_cause(
 def test_options_are_parsed_strictly() -> None:
     assert parse_serving(None) == ServingOptions() == parse_serving("  ")
     assert parse_serving('{"precision": "fp16"}').precision == "fp16"
-    with pytest.raises(SpecError, match=r"serving\.precision: Input should be 'fp32', 'fp16' or 'bf16'"):
+    with pytest.raises(
+        SpecError, match=r"serving\.precision: Input should be 'fp32', 'fp16', 'bf16' or 'int8'"
+    ):
+        parse_serving('{"precision": "fp8"}')
+    with pytest.raises(SpecError, match=r"runtime torch does not serve precision int8"):
         parse_serving('{"precision": "int8"}')
     with pytest.raises(SpecError, match=r"serving\.channel_last: Extra inputs are not permitted"):
         parse_serving({"channel_last": True})
@@ -181,7 +185,7 @@ def test_runtime_and_precision_combinations_that_do_not_serve_are_refused(
         parse_serving(options)
     message = str(info.value)
     assert problem in message
-    assert "valid combinations: torch: fp32|fp16|bf16; onnxruntime: fp32; openvino: fp32|bf16" in message
+    assert "valid combinations: torch: fp32|fp16|bf16; onnxruntime: fp32|int8; openvino: fp32|bf16" in message
 
 
 def test_runtime_options_are_parsed_strictly() -> None:

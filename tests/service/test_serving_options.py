@@ -222,7 +222,8 @@ def test_system_reports_the_cpu_and_the_runtimes(client: TestClient) -> None:
     assert body["bf16"] == (cpu["avx512_bf16"] or cpu["amx_bf16"]) and body["device"] == "cpu"
     runtimes = body["runtimes"]
     assert runtimes["torch"]["version"] == torch.__version__ and runtimes["onnxruntime"]["precisions"] == [
-        "fp32"
+        "fp32",
+        "int8",
     ]
     assert runtimes["openvino"]["precisions"] == (["fp32", "bf16"] if body["bf16"] else ["fp32"])
     assert client.get("/").json()["links"]["system"] == "/system"

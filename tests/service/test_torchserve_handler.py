@@ -9,8 +9,9 @@ import torch
 
 from reparam_core.arch import build_train_model
 from reparam_core.conversion import convert
-from reparam_core.deploy import ONNX, SERVING_FILE, WEIGHTS, PixelNormaliser, ServingOptions
+from reparam_core.deploy import ONNX, ONNX_INT8, SERVING_FILE, WEIGHTS, PixelNormaliser, ServingOptions
 from reparam_core.deploy import SPEC as SPEC_FILE
+from reparam_core.deploy.runtimes import onnx_runner
 from service.backends.archive import MANIFEST, build_model_dir
 from service.torchserve_handler.handler import ReparamHandler
 from service.torchserve_handler.wire import pack, unpack
@@ -113,3 +114,23 @@ def test_the_model_folder_carries_the_net_its_runtime_serves(tmp_path: Path) -> 
         handler = ReparamHandler()
         handler.initialize(FakeContext(folder))
         assert handler.served.options.runtime == runtime
+
+
+def test_an_int8_model_folder_carries_and_serves_model_int8_onnx(tmp_path: Path) -> None:
+    """Precision int8: the folder holds model.int8.onnx alone (no model.onnx, no weights) and the
+    worker answers with what ONNX Runtime computes from it."""
+    calibration = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    serving = ServingOptions(runtime="onnxruntime", precision="int8", int8_min_agreement=0.0)
+    state = randomize_(build_train_model(SPEC)).state_dict()
+    result = convert(SPEC, state, serving=serving, calibration=calibration)
+    result.save(tmp_path / "model", export=False)
+    folder = build_model_dir("tiny", 1, tmp_path / "model", serving, tmp_path / "store")
+    names = {p.name for p in folder.iterdir()}
+    assert names == {ONNX_INT8, SPEC_FILE, SERVING_FILE, "handler.py", "MAR-INF"}
+    assert json.loads((folder / MANIFEST).read_text())["model"]["serializedFile"] == ONNX_INT8
+    handler = ReparamHandler()
+    handler.initialize(FakeContext(folder))
+    x = torch.randn(2, 3, 32, 32)
+    (output,) = handler.postprocess(handler.inference(handler.preprocess([{"body": pack(x)}])))
+    expected = torch.softmax(onnx_runner("onnxruntime", result.onnx_int8 or b"", "int8")(x), dim=1)
+    assert torch.allclose(unpack(output), expected, atol=1e-6)
