@@ -31,7 +31,6 @@ from typing import Any
 
 from reparam_core import ReparamError
 from reparam_core.deploy import (
-    ONNX,
     REPORT,
     SERVING_FILE,
     SPEC,
@@ -141,7 +140,7 @@ def served_net(artifacts: Path, serving: ServingOptions) -> Path:
     if not artifacts.is_dir():
         raise ReparamError(f"{artifacts} is not a folder (expected the artifacts of a conversion)")
     read_spec(artifacts)
-    net = artifacts / (ONNX if serving.onnx else WEIGHTS)
+    net = artifacts / (serving.onnx_file if serving.onnx else WEIGHTS)
     if not net.is_file():
         raise ReparamError(f"runtime {serving.runtime} serves {net.name}; {artifacts} does not hold it")
     report = artifacts / REPORT
