@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reparam_core.errors import ReparamError
+from reparam_core import ReparamError
 
 if TYPE_CHECKING:  # imported when the command runs: every other command starts without torch
     from .manifests import Cluster
