@@ -85,3 +85,19 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def calibrate_statistics(
+    model: torch.nn.Module, batch: torch.Tensor, classifier: torch.nn.Linear
+) -> torch.nn.Module:
+    """``model`` with BatchNorm statistics of ``batch`` (a plain average over it) and its logits
+    scaled to a spread of about 2: a random-weight net whose arg-max depends on its input."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        model.train()(batch)
+        logits = model.eval()(batch)
+        classifier.weight.mul_(2.0 / logits.std())
+    return model.eval()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import environment, write_json
+from _common import calibrate_statistics, environment, write_json
 from PIL import Image
 from serve_runtimes_bench import photographs
 
@@ -81,15 +81,7 @@ def calibrated(family: str, photos: torch.Tensor) -> torch.nn.Module:
     logits scaled to a spread of about 2: a net whose arg-max depends on its input."""
     torch.manual_seed(0)
     model: Any = build_train_model({"family": family, "variant": "A0"})
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(photos)
-        logits = model.eval()(photos)
-        model.head.fc.weight.mul_(2.0 / logits.std())
-    return model.eval()
+    return calibrate_statistics(model, photos, model.head.fc)
 
 
 def agreement(served: ServingModel, x: torch.Tensor, reference: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import environment, write_json
+from _common import calibrate_statistics, environment, write_json
 from PIL import Image
 
 from reparam_core import ServingOptions, convert
@@ -103,16 +103,7 @@ def calibrated_timm() -> torch.nn.Module:
     model: Any = timm.create_model("repvgg_a0", pretrained=False)
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     batch = torch.stack([transform(Image.open(io.BytesIO(p)).convert("RGB")) for p in photographs()])
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(batch)
-        logits = model.eval()(batch)
-        classifier: Any = model.get_classifier()
-        classifier.weight.mul_(2.0 / logits.std())
-    return model.eval()
+    return calibrate_statistics(model, batch, model.get_classifier())
 
 
 def photo_agreement(served: ServingModel, pixels: torch.Tensor, reference: torch.Tensor) -> float:

@@ -42,6 +42,14 @@ class Reference:
         return self.outputs.dtype
 
 
+def read_tensors(source: str | Path | bytes, what: str) -> dict[str, Tensor]:
+    """The tensors of a safetensors file (path or bytes); ``SpecError`` naming ``what`` otherwise."""
+    try:
+        return load_safetensors_bytes(source) if isinstance(source, bytes) else load_file(str(source))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SpecError(f"{what}: not a readable safetensors file ({exc})") from None
+
+
 def read_reference(
     source: str | Path | bytes | dict[str, Tensor],
     in_channels: int,
@@ -51,13 +59,7 @@ def read_reference(
     """A reference file (path, bytes or tensors), checked against the spec; ``SpecError`` otherwise.
     At most ``MAX_SAMPLES`` inputs of at most ``MAX_SCALE`` times the spec's ``input_size`` per
     axis: the gate runs the float64 nets on all of them."""
-    if isinstance(source, dict):
-        tensors = source
-    else:
-        try:
-            tensors = load_safetensors_bytes(source) if isinstance(source, bytes) else load_file(str(source))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise SpecError(f"reference: not a readable safetensors file ({exc})") from None
+    tensors = source if isinstance(source, dict) else read_tensors(source, "reference")
     if set(tensors) != {"inputs", "outputs"}:
         raise SpecError(f"reference: needs exactly the tensors 'inputs' and 'outputs', has {sorted(tensors)}")
     inputs, outputs = tensors["inputs"], tensors["outputs"]

@@ -11,12 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import SpecError
+from ..reference import read_tensors
 
 MAX_CALIBRATION_SAMPLES = 64
 MAX_SCALE = 2
@@ -31,10 +29,7 @@ def read_calibration(
     if isinstance(source, Tensor):
         inputs = source
     else:
-        try:
-            tensors = load_safetensors_bytes(source) if isinstance(source, bytes) else load_file(str(source))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise SpecError(f"calibration: not a readable safetensors file ({exc})") from None
+        tensors = read_tensors(source, "calibration")
         if "inputs" not in tensors:
             raise SpecError(f"calibration: needs a tensor 'inputs' [N, C, H, W], has {sorted(tensors)}")
         inputs = tensors["inputs"]

@@ -81,7 +81,7 @@ class Exports:
     async def resume(self) -> int:
         """Schedule the exports a stopped process left undone; returns for how many versions."""
         records = await asyncio.to_thread(self.metadata.versions)
-        missing = [r for r in records if self.missing(r.digest)]
+        missing = await asyncio.to_thread(lambda: [r for r in records if self.missing(r.digest)])
         for record in missing:
             self.schedule(record)
         return len(missing)

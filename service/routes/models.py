@@ -136,7 +136,8 @@ async def get_version(
 ) -> dict[str, Any]:
     record = await _version(metadata, name, version)
     folder = artifacts.local_path(record.digest)
-    files = [f for f in FILES if (folder / f).exists() or exports.pending(record.digest, f)]
+    stored = await asyncio.to_thread(lambda: {f for f in FILES if (folder / f).exists()})
+    files = [f for f in FILES if f in stored or exports.pending(record.digest, f)]
     return describe(record, files)
 
 
