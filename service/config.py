@@ -21,7 +21,16 @@ class Settings(BaseSettings):
     )
     port: int = Field(default=8000, description="port the service listens on")
     data_dir: Path = Field(default=Path("data"), description="database, artifacts and model store")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. `postgresql+psycopg://user:password@host/db`; default SQLite "
+        "in data_dir",
+    )
+    migrate_at_start: bool = Field(
+        default=True,
+        description="bring the database schema to this release's at start (Alembic); false: refuse to "
+        "start on an older schema until `reparam db upgrade` has run",
+    )
     artifacts_dir: Path | None = Field(default=None, description="default data_dir/artifacts")
     api_token: str | None = Field(
         default=None, description="Bearer token required on mutating endpoints, downloads and jobs"
