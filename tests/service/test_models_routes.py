@@ -19,6 +19,7 @@ from tests.helpers import SERVICE_SPEC as SPEC
 from tests.helpers import convert_form, make_checkpoint, png_bytes, ready, wait_for
 
 
+@pytest.mark.databases
 def test_list_describe_download_delete(
     client: TestClient, checkpoint: Path, tmp_path: Path, settings: Settings
 ) -> None:
