@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -66,7 +67,10 @@ def _db(args: argparse.Namespace) -> tuple[ModuleType, Engine]:
         from .config import get_settings
         from .store import schema
 
-        return schema, create_engine(args.url or get_settings().resolved_database_url)
+        url = args.url or get_settings().resolved_database_url
+        if url.startswith("sqlite:///"):  # the default's folder may not exist yet
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return schema, create_engine(url)
 
     return _needs_service("db", load)
 

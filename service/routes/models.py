@@ -147,7 +147,7 @@ async def download(
     record = await _version(metadata, name, version)
     if filename not in FILES:
         raise NotFound(f"no artifact {filename!r}; artifacts: {', '.join(FILES)}")
-    path = artifacts.local_path(record.digest) / filename
+    path = await asyncio.to_thread(artifacts.local_path, record.digest) / filename  # S3: fetched
     if not path.exists():
         if exports.pending(record.digest, filename):
             raise NotReady(f"{filename} of {name} v{version} is being exported (after registration)")
