@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -146,6 +147,22 @@ def test_migrating_at_start_can_be_left_to_reparam_db_upgrade(
         f"database {head}, this release {head}",
     ]
     assert [v.version for v in MetadataStore(database_url, migrate=False).versions()] == [1, 2]
+
+
+def test_the_revisions_go_down_and_up_again(database_url: str) -> None:
+    """A release rolled back takes its schema change back (``alembic downgrade``) and loses nothing
+    the older release had."""
+    store = MetadataStore(database_url)
+    store.add_version("m", "d" * 64, "c", "s", {}, {}, {}, DEFAULTS)
+    with store.engine.begin() as connection:
+        command.downgrade(schema._config(connection), "0001")
+    present = sa.inspect(store.engine)
+    assert set(present.get_table_names()) == {"alembic_version", "versions", "jobs"}
+    assert "serving" not in {c["name"] for c in present.get_columns("versions")}
+    store.engine.dispose()
+    again = MetadataStore(database_url)
+    assert schema_differences(again.engine) == []
+    assert [(v.name, v.version, v.serving) for v in again.versions()] == [("m", 1, DEFAULTS)]
 
 
 def test_reparam_db_is_a_command_of_the_cli() -> None:
