@@ -23,6 +23,8 @@ from .metrics import CountRequests, Metrics
 from .openapi import install_openapi
 from .routes import aliases, convert, health, models, predict
 from .store import ArtifactStore, MetadataStore, VersionCache, artifact_store_from_settings
+from .ui import LatencySampler
+from .ui import router as ui_router
 
 log = logging.getLogger("reparam.service")
 
@@ -59,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_give_up=app.state.on_give_up,
         )
         await supervisor.start()
+        app.state.latency.start()
         if resumed := await exports.resume():
             log.info(
                 "%d versions stored without model.onnx or model.pt2: exporting in the background", resumed
@@ -69,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await app.state.latency.stop()
             await supervisor.stop()
             conversions.close()
             await asyncio.to_thread(exports.close)
@@ -101,11 +105,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     app.state.metrics = Metrics()
+    app.state.latency = LatencySampler(app.state.metrics.predict_latency)  # the console's latency chart
     app.state.on_give_up = None  # what the server does when the supervisor gives up (``main.run``)
     install_handlers(app)
     install_openapi(app)
     for module in (convert, models, aliases, predict, health):
         app.include_router(module.router)
+    app.include_router(ui_router)
     s = app.state.settings
     app.add_middleware(
         BodyLimits,

@@ -40,6 +40,7 @@ class Index(BaseModel):
 @router.get("/", summary="What this service is, and where to look", response_model=Index)
 async def index() -> Index:
     links = {
+        "console": "/ui",
         "docs": "/docs",
         "openapi": "/openapi.json",
         "models": "/models",

@@ -50,10 +50,12 @@ class VersionDetail(VersionSummary):
     report: dict[str, Any] = Field(description="the equivalence report (see docs/http-api.md)")
     serving: dict[str, Any]
     timings: dict[str, Any]
-    artifacts: dict[str, str] = Field(description="download URL per artifact")
+    artifacts: dict[str, str] = Field(
+        description="download URL per artifact stored or being exported (model.onnx, model.pt2)"
+    )
 
 
-def describe(record: VersionRecord) -> dict[str, Any]:
+def describe(record: VersionRecord, files: list[str]) -> dict[str, Any]:
     base = f"/models/{record.name}/versions/{record.version}"
     return {
         "model": record.name,
@@ -63,7 +65,7 @@ def describe(record: VersionRecord) -> dict[str, Any]:
         "report": record.report,
         "serving": record.serving,
         "timings": record.timings,
-        "artifacts": {name: f"{base}/artifacts/{name}" for name in FILES},
+        "artifacts": {name: f"{base}/artifacts/{name}" for name in files},
     }
 
 
@@ -125,8 +127,17 @@ async def _version(metadata: MetadataDep, name: str, version: int) -> VersionRec
     response_model=VersionDetail,
     responses=responses(404),
 )
-async def get_version(name: ModelName, version: VersionNumber, metadata: MetadataDep) -> dict[str, Any]:
-    return describe(await _version(metadata, name, version))
+async def get_version(
+    name: ModelName,
+    version: VersionNumber,
+    metadata: MetadataDep,
+    artifacts: ArtifactsDep,
+    exports: ExportsDep,
+) -> dict[str, Any]:
+    record = await _version(metadata, name, version)
+    folder = await asyncio.to_thread(artifacts.local_path, record.digest)  # S3: listed, fetched
+    files = [f for f in FILES if (folder / f).exists() or exports.pending(record.digest, f)]
+    return describe(record, files)
 
 
 @router.get(

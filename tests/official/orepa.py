@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Params = dict[str, Tensor]
+from .random_params import Params, bn_params, randn
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,6 @@ class Layer:
     k: int = 3
     stride: int = 1
     groups: int = 1
-
-
-def _randn(gen: torch.Generator, *shape: int, std: float = 1.0) -> Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
-
-
-def bn_params(prefix: str, n: int, gen: torch.Generator) -> Params:
-    return {
-        f"{prefix}.weight": torch.rand(n, generator=gen, dtype=torch.float64) * 1.3 + 0.2,
-        f"{prefix}.bias": _randn(gen, n, std=0.2),
-        f"{prefix}.running_mean": _randn(gen, n, std=0.5),
-        f"{prefix}.running_var": torch.rand(n, generator=gen, dtype=torch.float64) * 1.95 + 0.05,
-        f"{prefix}.num_batches_tracked": torch.tensor(1000),
-    }
 
 
 def _id_tensor(rows: int, per_group: int) -> Tensor:
@@ -65,17 +51,17 @@ def orepa_params(p: str, cin: int, cout: int, k: int, groups: int, gen: torch.Ge
     internal = cin if groups <= 4 else 2 * cin
     fan = ig * k * k
     return {
-        f"{p}.weight_orepa_origin": _randn(gen, cout, ig, k, k, std=fan**-0.5),
-        f"{p}.weight_orepa_avg_conv": _randn(gen, cout, ig, 1, 1, std=ig**-0.5),
-        f"{p}.weight_orepa_pfir_conv": _randn(gen, cout, ig, 1, 1, std=ig**-0.5),
+        f"{p}.weight_orepa_origin": randn(gen, cout, ig, k, k, std=fan**-0.5),
+        f"{p}.weight_orepa_avg_conv": randn(gen, cout, ig, 1, 1, std=ig**-0.5),
+        f"{p}.weight_orepa_pfir_conv": randn(gen, cout, ig, 1, 1, std=ig**-0.5),
         f"{p}.weight_orepa_avg_avg": torch.ones(k, k).mul(1.0 / k / k),  # float32 1/k^2
-        f"{p}.weight_orepa_1x1": _randn(gen, cout, ig, 1, 1, std=ig**-0.5),
-        f"{p}.weight_orepa_1x1_kxk_idconv1": _randn(gen, internal, ig, 1, 1, std=0.3),
+        f"{p}.weight_orepa_1x1": randn(gen, cout, ig, 1, 1, std=ig**-0.5),
+        f"{p}.weight_orepa_1x1_kxk_idconv1": randn(gen, internal, ig, 1, 1, std=0.3),
         f"{p}.id_tensor": _id_tensor(internal, ig),
-        f"{p}.weight_orepa_1x1_kxk_conv2": _randn(gen, cout, internal // groups, k, k, std=fan**-0.5),
-        f"{p}.weight_orepa_gconv_dw": _randn(gen, cin * 8, 1, k, k, std=0.3),
-        f"{p}.weight_orepa_gconv_pw": _randn(gen, cout, cin * 8 // groups, 1, 1, std=(8 * ig) ** -0.5),
-        f"{p}.vector": _randn(gen, 6, cout, std=0.5),
+        f"{p}.weight_orepa_1x1_kxk_conv2": randn(gen, cout, internal // groups, k, k, std=fan**-0.5),
+        f"{p}.weight_orepa_gconv_dw": randn(gen, cin * 8, 1, k, k, std=0.3),
+        f"{p}.weight_orepa_gconv_pw": randn(gen, cout, cin * 8 // groups, 1, 1, std=(8 * ig) ** -0.5),
+        f"{p}.vector": randn(gen, 6, cout, std=0.5),
         f"{p}.weight_orepa_prior": _prior(cout, k, gen),
     }
 
@@ -122,10 +108,10 @@ def _dwsc2full(dw: Tensor, pw: Tensor, groups: int, groups_conv: int = 1) -> Ten
 def orepa_1x1_params(p: str, cin: int, cout: int, gen: torch.Generator) -> Params:
     t = cin if cout > cin else cout
     return {
-        f"{p}.weight_or1x1_origin": _randn(gen, cout, cin, 1, 1, std=cin**-0.5),
-        f"{p}.weight_or1x1_l2i_conv1": _randn(gen, t, cin, 1, 1, std=cin**-0.5),
-        f"{p}.weight_or1x1_l2i_conv2": _randn(gen, cout, t, 1, 1, std=t**-0.5),
-        f"{p}.vector": _randn(gen, 2, cout, std=0.5),
+        f"{p}.weight_or1x1_origin": randn(gen, cout, cin, 1, 1, std=cin**-0.5),
+        f"{p}.weight_or1x1_l2i_conv1": randn(gen, t, cin, 1, 1, std=cin**-0.5),
+        f"{p}.weight_or1x1_l2i_conv2": randn(gen, cout, t, 1, 1, std=t**-0.5),
+        f"{p}.vector": randn(gen, 2, cout, std=0.5),
     }
 
 
@@ -157,19 +143,19 @@ def orepa_vgg_params(p: str, cin: int, cout: int, stride: int, gen: torch.Genera
     d = f"{p}.rbr_dense"
     identity = cin == cout and stride == 1
     state: Params = {
-        f"{d}.weight_rbr_origin": _randn(gen, cout, cin, 3, 3, std=(9 * cin) ** -0.5),
-        f"{d}.weight_rbr_avg_conv": _randn(gen, cout, cin, 1, 1, std=cin**-0.5),
-        f"{d}.weight_rbr_pfir_conv": _randn(gen, cout, cin, 1, 1, std=cin**-0.5),
+        f"{d}.weight_rbr_origin": randn(gen, cout, cin, 3, 3, std=(9 * cin) ** -0.5),
+        f"{d}.weight_rbr_avg_conv": randn(gen, cout, cin, 1, 1, std=cin**-0.5),
+        f"{d}.weight_rbr_pfir_conv": randn(gen, cout, cin, 1, 1, std=cin**-0.5),
         f"{d}.weight_rbr_avg_avg": torch.ones(3, 3).mul(1.0 / 3 / 3),
-        f"{d}.weight_rbr_1x1_kxk_idconv1": _randn(gen, cin, cin, 1, 1, std=0.3),
+        f"{d}.weight_rbr_1x1_kxk_idconv1": randn(gen, cin, cin, 1, 1, std=0.3),
         f"{d}.id_tensor": _id_tensor(cin, cin),
-        f"{d}.weight_rbr_1x1_kxk_conv2": _randn(gen, cout, cin, 3, 3, std=(9 * cin) ** -0.5),
-        f"{d}.weight_rbr_gconv_dw": _randn(gen, cin * 8, 1, 3, 3, std=0.3),
-        f"{d}.weight_rbr_gconv_pw": _randn(gen, cout, cin * 8, 1, 1, std=(8 * cin) ** -0.5),
-        f"{d}.vector": _randn(gen, 6 if identity else 5, cout, std=0.5),
+        f"{d}.weight_rbr_1x1_kxk_conv2": randn(gen, cout, cin, 3, 3, std=(9 * cin) ** -0.5),
+        f"{d}.weight_rbr_gconv_dw": randn(gen, cin * 8, 1, 3, 3, std=0.3),
+        f"{d}.weight_rbr_gconv_pw": randn(gen, cout, cin * 8, 1, 1, std=(8 * cin) ** -0.5),
+        f"{d}.vector": randn(gen, 6 if identity else 5, cout, std=0.5),
         f"{d}.weight_rbr_prior": _prior(cout, 3, gen),
         **bn_params(f"{d}.bn", cout, gen),
-        f"{p}.rbr_1x1.conv.weight": _randn(gen, cout, cin, 1, 1, std=cin**-0.5),
+        f"{p}.rbr_1x1.conv.weight": randn(gen, cout, cin, 1, 1, std=cin**-0.5),
         **bn_params(f"{p}.rbr_1x1.bn", cout, gen),
     }
     if identity:
@@ -243,8 +229,8 @@ def net_params(layers: list[Layer], classes: int, gen: torch.Generator) -> Param
         else:
             state |= orepa_vgg_params(p, layer.cin, layer.cout, layer.stride, gen)
     width = layers[-1].cout
-    state["linear.weight"] = _randn(gen, classes, width, std=width**-0.5)
-    state["linear.bias"] = _randn(gen, classes, std=0.1)
+    state["linear.weight"] = randn(gen, classes, width, std=width**-0.5)
+    state["linear.bias"] = randn(gen, classes, std=0.1)
     return state
 
 

