@@ -1,5 +1,6 @@
 """``reparam serve`` and ``reparam db``: the service's commands, added to the library's CLI through
-the ``reparam.commands`` entry-point group (the library never imports the service)."""
+the ``reparam.commands`` entry-point group (the library never imports the service); ``reparam
+export-kserve`` comes the same way from :mod:`service.kserve.command`."""
 
 from __future__ import annotations
 

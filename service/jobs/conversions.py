@@ -179,8 +179,7 @@ class Conversions:
         finally:
             self.versions.release(name, digest)
         if outcome.created:  # model.onnx (runtime torch), model.pt2: off the request path
-            net, spec = result.deploy_model, result.deploy_spec
-            await asyncio.to_thread(self.exports.schedule, outcome.record, net, spec)  # S3: listed
+            await asyncio.to_thread(self.exports.schedule, outcome.record)  # S3: listed
         return outcome
 
     async def _store_and_register(

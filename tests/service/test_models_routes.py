@@ -4,19 +4,44 @@ from __future__ import annotations
 
 import json
 import re
-import threading
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load
 
-from reparam_core.deploy import load_artifacts
+from reparam_core.deploy import ONNX, PROGRAM, load_artifacts
 from service.config import Settings
+from service.jobs import Exports
 from tests.helpers import SERVICE_SPEC as SPEC
 from tests.helpers import convert_form, make_checkpoint, png_bytes, ready, wait_for
+
+# The export worker held until a file appears: argv = started-marker, release-file, worker arguments.
+HOLD = """
+import pathlib, runpy, sys, time
+started, release = map(pathlib.Path, sys.argv[1:3])
+started.touch()
+while not release.exists():
+    time.sleep(0.05)
+sys.argv = ["export_worker", *sys.argv[3:]]
+runpy.run_module("service.jobs.export_worker", run_name="__main__")
+"""
+
+
+def hold_export(held: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The export worker of ``held`` files waits, once started, until the second path exists; the
+    first one appears when it has started."""
+    exporting, release = folder / "exporting", folder / "release"
+    command = Exports._command
+
+    def held_command(self: Exports, source: Path, name: str, out: Path) -> list[str]:
+        real = command(self, source, name, out)
+        return real if name != held else [sys.executable, "-c", HOLD, str(exporting), str(release), *real[3:]]
+
+    monkeypatch.setattr(Exports, "_command", held_command)
+    return exporting, release
 
 
 @pytest.mark.databases
@@ -83,27 +108,18 @@ def test_model_pt2_is_exported_after_registration_and_after_a_restart(
 ) -> None:
     """The conversion answers before model.pt2 exists (503 + Retry-After until it does); the program
     then reproduces the stored net; one a stopped process never wrote comes after the next start."""
-    from reparam_core.deploy import artifacts as library_artifacts
     from service.app import create_app
 
-    exporting, release = threading.Event(), threading.Event()
-    export = library_artifacts.export_program
-
-    def held_export(*args: Any) -> None:
-        exporting.set()
-        release.wait(timeout=30)
-        export(*args)
-
-    monkeypatch.setattr("service.jobs.exports.export_program", held_export)
+    exporting, release = hold_export(PROGRAM, Path(settings.data_dir), monkeypatch)
     settings = settings.model_copy(update={"export_program": True})
     url = "/models/tiny/versions/1/artifacts/model.pt2"
     with TestClient(create_app(settings)) as client:
         converted = client.post("/convert", **convert_form(checkpoint))
         assert converted.status_code == 201 and "export" not in converted.json()["timings"]
-        assert exporting.wait(timeout=30)
+        wait_for(lambda: exporting.exists() or None)
         waiting = client.get(url)
         assert waiting.status_code == 503 and waiting.headers["Retry-After"] == "2"
-        release.set()
+        release.touch()
         program = wait_for(lambda: ready(client, url)).content
         folder = settings.resolved_artifacts_dir / "sha256" / converted.json()["digest"][:2]
         (folder / converted.json()["digest"] / "model.pt2").unlink()  # as if it was never written
@@ -117,13 +133,33 @@ def test_model_pt2_is_exported_after_registration_and_after_a_restart(
     assert not list((settings.resolved_artifacts_dir / "tmp").iterdir())  # no staging file left
 
 
+def test_stopping_the_service_stops_its_export_worker(
+    settings: Settings, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.app import create_app
+
+    exporting, _ = hold_export(ONNX, Path(settings.data_dir), monkeypatch)  # never released
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
+        wait_for(lambda: exporting.exists() or None)
+        child = client.app.state.exports._child  # type: ignore[attr-defined]
+        assert child is not None and child.poll() is None
+    assert child.poll() is not None  # stopped with the service
+    assert not list((settings.resolved_artifacts_dir / "tmp").iterdir())
+    assert list((settings.resolved_artifacts_dir / "sha256").rglob(ONNX)) == []  # not half-written
+
+
 def test_a_failed_export_says_why_and_the_version_still_serves(
     client: TestClient, settings: Settings, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: Any) -> None:
-        raise RuntimeError("torch.export could not trace the net")
+    def broken(self: Exports, folder: Path, name: str, out: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            f"import sys; sys.exit('RuntimeError: {name}: could not trace the net')",
+        ]
 
-    monkeypatch.setattr("service.jobs.exports.export_program", broken)
+    monkeypatch.setattr(Exports, "_command", broken)
     client.app.state.settings.export_program = True  # type: ignore[attr-defined]
     assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
     url = "/models/tiny/versions/1/artifacts/model.pt2"

@@ -163,9 +163,11 @@ def test_a_version_being_stored_is_registered_once(
     registrations: list[tuple[str, int]] = []
     register, add_version = InProcessBackend.register, MetadataStore.add_version
 
-    async def counted(self: InProcessBackend, name: str, version: int, path: Path, s: ServingOptions) -> None:
+    async def counted(
+        self: InProcessBackend, name: str, version: int, path: Path, s: ServingOptions
+    ) -> dict[str, float]:
         registrations.append((name, version))
-        await register(self, name, version, path, s)
+        return await register(self, name, version, path, s)
 
     def slow_insert(self: MetadataStore, *args: Any, **kwargs: Any) -> Any:
         inserted = add_version(self, *args, **kwargs)
