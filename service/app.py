@@ -33,7 +33,7 @@ log = logging.getLogger("reparam.service")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app.state.metadata = MetadataStore(settings.resolved_database_url)
+    app.state.metadata = MetadataStore(settings.resolved_database_url, settings.migrate_at_start)
     app.state.artifacts = artifact_store_from_settings(settings)
     app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
     await asyncio.to_thread(_clean_up_after_a_stop, app.state.metadata, app.state.artifacts)

@@ -21,8 +21,26 @@ class Settings(BaseSettings):
     )
     port: int = Field(default=8000, description="port the service listens on")
     data_dir: Path = Field(default=Path("data"), description="database, artifacts and model store")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
-    artifacts_dir: Path | None = Field(default=None, description="default data_dir/artifacts")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. `postgresql+psycopg://user:password@host/db`; default SQLite "
+        "in data_dir",
+    )
+    migrate_at_start: bool = Field(
+        default=True,
+        description="bring the database schema to this release's at start (Alembic); false: refuse to "
+        "start on an older schema until `reparam db upgrade` has run",
+    )
+    artifacts_dir: Path | None = Field(
+        default=None, description="default data_dir/artifacts (with artifacts_url: the bucket's local cache)"
+    )
+    artifacts_url: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?$",
+        description="s3://bucket/prefix: artifacts in S3-compatible storage (endpoint and credentials "
+        "from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); default "
+        "the artifacts_dir folder",
+    )
     api_token: str | None = Field(
         default=None, description="Bearer token required on mutating endpoints, downloads and jobs"
     )

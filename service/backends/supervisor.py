@@ -152,7 +152,7 @@ class Supervisor:
             if self.versions.retired(record) or self.versions.claimed(record) or self.backend.busy(*key):
                 return  # a deletion or a conversion got there first
             try:
-                path = self.artifacts.local_path(record.digest)
+                path = await asyncio.to_thread(self.artifacts.local_path, record.digest)  # S3: fetched
                 if not path.exists():
                     raise FileNotFoundError(f"its artifacts are missing at {path}")
                 serving = ServingOptions.model_validate(record.serving)

@@ -196,7 +196,7 @@ class Conversions:
         finally:
             self.versions.release(name, digest)
         if outcome.created:  # model.onnx (runtime torch), model.pt2: off the request path
-            self.exports.schedule(outcome.record)
+            await asyncio.to_thread(self.exports.schedule, outcome.record)  # S3: listed
         return outcome
 
     async def _store_and_register(
@@ -224,9 +224,8 @@ class Conversions:
             return ConversionOutcome(record, created=False)
         await asyncio.to_thread(progress, "register")
         try:
-            steps = await self.backend.register(
-                name, record.version, self.artifacts.local_path(digest), request.serving
-            )
+            path = await asyncio.to_thread(self.artifacts.local_path, digest)
+            steps = await self.backend.register(name, record.version, path, request.serving)
         except Exception as exc:
             await asyncio.to_thread(self._forget, record)
             self.metrics.conversions.labels("backend_failed").inc()

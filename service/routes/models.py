@@ -135,7 +135,7 @@ async def get_version(
     exports: ExportsDep,
 ) -> dict[str, Any]:
     record = await _version(metadata, name, version)
-    folder = artifacts.local_path(record.digest)
+    folder = await asyncio.to_thread(artifacts.local_path, record.digest)  # S3: listed, fetched
     stored = await asyncio.to_thread(lambda: {f for f in FILES if (folder / f).exists()})
     files = [f for f in FILES if f in stored or exports.pending(record.digest, f)]
     return describe(record, files)
@@ -159,7 +159,7 @@ async def download(
     record = await _version(metadata, name, version)
     if filename not in FILES:
         raise NotFound(f"no artifact {filename!r}; artifacts: {', '.join(FILES)}")
-    path = artifacts.local_path(record.digest) / filename
+    path = await asyncio.to_thread(artifacts.local_path, record.digest) / filename  # S3: fetched
     if not path.exists():
         if exports.pending(record.digest, filename):
             raise NotReady(f"{filename} of {name} v{version} is being exported (after registration)")

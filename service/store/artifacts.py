@@ -2,7 +2,8 @@
 
 Layout: ``<root>/sha256/<d[:2]>/<digest>/{model.safetensors, deploy_spec.json, report.json, model.pt2,
 model.onnx, model.int8.onnx}``.
-Identical conversions share one folder. S3-compatible storage would implement the same protocol.
+Identical conversions share one folder. ``s3.S3ArtifactStore`` keeps them in S3-compatible storage
+(``REPARAM_ARTIFACTS_URL``) with such a folder as its local cache.
 """
 
 from __future__ import annotations
@@ -106,4 +107,8 @@ def _complete(final: Path, new: Path) -> None:
 
 
 def artifact_store_from_settings(settings: Settings) -> ArtifactStore:
+    if settings.artifacts_url is not None:
+        from .s3 import S3ArtifactStore  # boto3 is loaded only where S3 is used
+
+        return S3ArtifactStore(settings.artifacts_url, settings.resolved_artifacts_dir)
     return LocalArtifactStore(settings.resolved_artifacts_dir)

@@ -3,14 +3,13 @@
 Versions are immutable: a number, once given, names one conversion forever. ``models`` keeps each
 name's last number, so deleting v2 never lets another conversion become v2. The same checkpoint +
 spec + serving options under one name is one version, enforced by a unique index: a concurrent
-identical insert finds the row that won (``add_version`` answers ``created=False``). Columns and
-indexes added after a database was created are added to it at start-up (``_upgrade``); rows
-written before the ``serving`` column existed read as served with the default options.
+identical insert finds the row that won (``add_version`` answers ``created=False``). Rows written
+before the ``serving`` column existed read as served with the default options.
 
 Aliases (``production``, ``default``, ...) name one version of a model each; every move (a set, a
 change, a removal) is kept in ``alias_moves`` with who made it and when. An alias is written and a
 version deleted under the model's row lock (``_lock``), so an alias never points at a missing version.
-Tables added after a database was created are created at start-up (``create_all``).
+The tables are created and changed by Alembic migrations (``schema``), at start-up unless told not to.
 """
 
 from __future__ import annotations
@@ -30,15 +29,12 @@ from sqlalchemy import (
     JSON,
     CursorResult,
     DateTime,
-    Engine,
     Index,
     Integer,
     String,
-    Table,
     UniqueConstraint,
     create_engine,
     func,
-    inspect,
     select,
     text,
     update,
@@ -47,6 +43,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from reparam_core.deploy import ServingOptions
+
+from . import schema
 
 
 class _Base(DeclarativeBase):
@@ -93,9 +91,6 @@ class _Version(_Base):
     serving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     serving_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-_VERSIONS: Table = _Version.__table__  # type: ignore[assignment]
 
 
 class _Alias(_Base):
@@ -145,9 +140,6 @@ class _Job(_Base):
     # the stage under way and the seconds each finished one took (the conversion's own order)
     stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     stages: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
-
-
-_JOBS: Table = _Job.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -252,35 +244,17 @@ def _alias_record(row: _Alias) -> AliasRecord:
     return AliasRecord(row.alias, row.version, row.moved_by, _utc(row.moved_at))
 
 
-def _upgrade(engine: Engine) -> None:
-    """Bring a database created by an earlier release to this schema: add nullable columns, fill
-    ``serving_sha256`` (the first of any duplicates an old race created keeps it), add the index."""
-    for table in (_VERSIONS, _JOBS):
-        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
-        missing = [c for c in table.columns if c.name not in present and c.nullable]
-        with engine.begin() as conn:
-            for column in missing:
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
-    with Session(engine) as s, s.begin():
-        seen: set[tuple[str, str, str, str]] = set()
-        for row in s.scalars(select(_Version).order_by(_Version.version)):
-            if row.serving_sha256 is None:
-                digest = serving_digest(row.serving or ServingOptions().model_dump(mode="json"))
-                key = (row.name, row.checkpoint_sha256, row.spec_sha256, digest)
-                row.serving_sha256 = None if key in seen else digest
-            seen.add((row.name, row.checkpoint_sha256, row.spec_sha256, row.serving_sha256 or ""))
-    for index in _VERSIONS.indexes:
-        index.create(engine, checkfirst=True)
-
-
 class MetadataStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        """``migrate``: bring the schema to this release's (Alembic), else refuse a database that is
+        behind it (:class:`~service.store.schema.SchemaOutOfDate`)."""
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=True)
-        _Base.metadata.create_all(self.engine)
-        _upgrade(self.engine)
+        if migrate:
+            schema.upgrade(self.engine)
+        else:
+            schema.require_current(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -20,6 +20,10 @@ SERVICE_ONLY = (
     "starlette",
     "uvicorn",
     "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "boto3",
+    "botocore",
     "aiohttp",
     "httpx",
     "multipart",
@@ -89,6 +93,17 @@ assert main(["inspect", demo + "/checkpoint.pth"]) == 0
 assert main(["convert", "--spec", demo + "/spec.json", "--checkpoint", demo + "/checkpoint.pth",
              "--out", demo + "/deploy", "--no-export", "--json"]) == 0
 assert main(["serve"]) == 2  # says which extra to install
+from service.cli import add_db_command  # what the entry point adds where `pip install .` ran
+import argparse
+parser = argparse.ArgumentParser()
+add_db_command(parser.add_subparsers())
+args = parser.parse_args(["db", "upgrade", "--url", "sqlite://"])
+try:
+    args.run(args)
+except Exception as exc:
+    assert "reparam db needs the service dependencies" in str(exc), exc
+else:
+    raise AssertionError("reparam db ran without the service dependencies")
 assert main(["convert", "--spec", demo + "/spec.json", "--checkpoint", demo + "/checkpoint.pth",
              "--out", demo + "/ort", "--no-export", "--serving", '{{"runtime": "onnxruntime"}}']) == 2
 for name in {SERVICE_ONLY!r} + ("service.app", "service.main"):

@@ -1,6 +1,7 @@
 """Service fixtures: an app on a temporary data folder with the in-process backend, a checkpoint,
 the same app behind a real uvicorn server on loopback (for what a test client cannot show);
-TorchServe workers and service subprocesses import this checkout."""
+TorchServe workers and service subprocesses import this checkout. Tests marked ``databases`` run
+twice: on SQLite and on a throwaway PostgreSQL server (skipped with one reason without one)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from service.app import create_app
 from service.config import Settings
 from service.main import server_config
 from tests.helpers import ROOT, make_checkpoint
+from tests.servers import NO_POSTGRES, SKIPPED_POSTGRES, PostgresServer, postgres_bindir
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +31,57 @@ def subprocesses_import_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("databases") and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """Every PostgreSQL case skipped for the same reason reads as one line of the summary (pytest
+    would name each test's location, one line per test)."""
+    report: pytest.TestReport = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and SKIPPED_POSTGRES in report.longrepr[2]:
+        report.longrepr = (__file__, None, report.longrepr[2])  # type: ignore[assignment]
+    return report
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(NO_POSTGRES)
+    try:
+        server = PostgresServer(bindir)
+    except KeyError:
+        pytest.skip(f"{SKIPPED_POSTGRES}: running as root, and no postgres user to run the server as")
+    yield server
+    server.stop()
+
+
 @pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", backend="inprocess", device="cpu", export_program=False)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The metadata database: SQLite in the data folder, or (``databases`` tests' second run) a fresh
+    database on the PostgreSQL server."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        (tmp_path / "data").mkdir(exist_ok=True)
+        yield f"sqlite:///{(tmp_path / 'data' / 'reparam.db').resolve()}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        backend="inprocess",
+        device="cpu",
+        export_program=False,
+    )
 
 
 @pytest.fixture()

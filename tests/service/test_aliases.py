@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -27,6 +28,7 @@ def _served(client: TestClient, query: str = "") -> int:
     return int(response.json()["version"])
 
 
+@pytest.mark.databases
 def test_set_move_history_and_predict_by_alias(client: TestClient, checkpoint: Path, tmp_path: Path) -> None:
     _two_versions(client, checkpoint, tmp_path)
     put = client.put("/models/tiny/aliases/production", json={"version": 1})
@@ -110,6 +112,7 @@ def test_who_is_the_token_fingerprint(settings: Settings, checkpoint: Path) -> N
         assert claimed.json()["moved_by"] == f"admin ({fingerprint})"
 
 
+@pytest.mark.databases
 def test_delete_model_removes_versions_aliases_artifacts_and_keeps_numbering(
     client: TestClient, checkpoint: Path, tmp_path: Path, settings: Settings
 ) -> None:

@@ -22,6 +22,7 @@ def stored_files(settings: Settings) -> list[Path]:
     return [p for p in (settings.resolved_artifacts_dir / "sha256").rglob("*") if p.is_file()]
 
 
+@pytest.mark.databases
 def test_convert_creates_version_then_deduplicates(
     client: TestClient, checkpoint: Path, settings: Settings
 ) -> None:
@@ -140,6 +141,7 @@ def finished_job(client: TestClient, status_url: str) -> dict | None:
     return job if job["status"] in {"succeeded", "failed"} else None
 
 
+@pytest.mark.databases
 def test_async_conversion_returns_202_and_a_job_to_poll(client: TestClient, checkpoint: Path) -> None:
     accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
     assert accepted.status_code == 202 and accepted.headers["Location"] == accepted.json()["status_url"]
@@ -151,6 +153,7 @@ def test_async_conversion_returns_202_and_a_job_to_poll(client: TestClient, chec
     )
 
 
+@pytest.mark.databases
 def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoint: Path) -> None:
     accepted = client.post("/convert?wait=false", **convert_form(checkpoint, tolerance="1e-30"))
     job = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
@@ -161,6 +164,7 @@ def test_async_gate_failure_is_reported_on_the_job(client: TestClient, checkpoin
     )
 
 
+@pytest.mark.databases
 def test_a_job_shows_its_stage_while_it_runs_and_every_stage_when_done(
     client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,6 +197,7 @@ def test_a_job_shows_its_stage_while_it_runs_and_every_stage_when_done(
     ]
 
 
+@pytest.mark.databases
 def test_a_failed_job_says_which_stage_it_failed_in(
     client: TestClient, checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def hold_export(held: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> tup
     return exporting, release
 
 
+@pytest.mark.databases
 def test_list_describe_download_delete(
     client: TestClient, checkpoint: Path, tmp_path: Path, settings: Settings
 ) -> None:

@@ -21,6 +21,7 @@ from tests.helpers import ROOT, convert_form, make_checkpoint, wait_for
 from tests.helpers import SERVICE_SPEC as SPEC
 
 
+@pytest.mark.databases
 def test_version_numbers_are_never_reused(client: TestClient, checkpoint: Path, tmp_path: Path) -> None:
     assert client.post("/convert", **convert_form(checkpoint)).json()["version"] == 1
     second = make_checkpoint(tmp_path / "second.pth", seed=1)
@@ -36,6 +37,7 @@ def test_version_numbers_are_never_reused(client: TestClient, checkpoint: Path, 
     assert client.post("/convert", **convert_form(second)).json()["version"] == 4
 
 
+@pytest.mark.databases
 def test_a_restart_keeps_the_numbering(settings: Settings, checkpoint: Path, tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as first:
         first.post("/convert", **convert_form(checkpoint))
@@ -46,6 +48,7 @@ def test_a_restart_keeps_the_numbering(settings: Settings, checkpoint: Path, tmp
         assert again.json()["version"] == 3
 
 
+@pytest.mark.databases
 def test_identical_concurrent_conversions_make_one_version(settings: Settings, checkpoint: Path) -> None:
     async def post_four() -> list[httpx.Response]:
         app = create_app(settings)
@@ -99,6 +102,7 @@ def test_meaningless_tolerances_are_refused_and_nothing_is_stored(
     assert client.get("/models").json() == []
 
 
+@pytest.mark.databases
 def test_a_restart_after_a_crash_leaves_nothing_behind(settings: Settings, checkpoint: Path) -> None:
     """What a SIGKILL mid-conversion leaves (a running job, an upload, a staging folder) is cleaned."""
     store = MetadataStore(settings.resolved_database_url)
