@@ -12,6 +12,9 @@ supervisor
    ``registration_concurrency`` at a time: all of them at start-up and after a restart, and any
    registration lost since (someone unregistered it through TorchServe's management API). A version
    whose registration fails is tried again after a delay that doubles up to ``RETRY_MAX_S``.
+   Registrations of ours whose version has no row any more (deleted through another replica that
+   shares the TorchServe) are unregistered. Registering is idempotent: replicas sharing one
+   TorchServe may all try a new version; the first registers it, the others find it registered.
 3. applies the worker policy (``worker_policy``): which versions keep their workers loaded; before
    registering, so that a cold version is registered without workers.
 4. records the state /readyz reports: ``ready`` (every stored version has a ready worker),
@@ -73,6 +76,7 @@ class Supervisor:
         self._failed_restarts = 0
         self._retry: dict[tuple[str, int], tuple[float, float]] = {}  # key -> (not before, last delay)
         self._seen: set[tuple[str, int]] = set()  # registrations seen since the backend (re)started
+        self._orphans: set[tuple[str, int]] = set()  # registered, but without a row at the last check
         self._slots = asyncio.Semaphore(settings.registration_concurrency)
 
     async def start(self) -> None:
@@ -118,9 +122,15 @@ class Supervisor:
         self._report(stored, loaded)
 
     async def _observe(self) -> tuple[list[VersionRecord], dict[tuple[str, int], bool]]:
-        """The stored versions this supervisor looks after, and the backend's registrations."""
-        stored = await asyncio.to_thread(self.metadata.versions)
+        """The stored versions this supervisor looks after, and the backend's registrations.
+
+        Registrations are read first: a version's row is inserted before it is registered, so a
+        registration without a row read after it is one whose version was deleted (by another
+        replica, or by a conversion whose registration failed): unregistered when a second check
+        finds it so too (a deletion under way unregisters it itself)."""
         loaded = await self.backend.loaded()
+        stored = await asyncio.to_thread(self.metadata.versions)
+        await self._unregister_orphans({(r.name, r.version) for r in stored}, loaded)
         wanted = [
             r
             for r in stored
@@ -134,6 +144,21 @@ class Supervisor:
         self._seen = keys & loaded.keys()
         self._retry = {key: retry for key, retry in self._retry.items() if key in keys}  # deleted since
         return wanted, loaded
+
+    async def _unregister_orphans(
+        self, rows: set[tuple[str, int]], loaded: dict[tuple[str, int], bool]
+    ) -> None:
+        orphans = {key for key in loaded.keys() - rows if not self.backend.busy(*key)}
+        for name, version in sorted(orphans & self._orphans):
+            log.warning("%s v%d is registered but no longer stored: unregistering it", name, version)
+            try:
+                await self.backend.unregister(name, version)
+            except Exception as exc:  # tried again at the next check
+                log.error("unregistering %s v%d failed: %s", name, version, exc)
+            else:
+                loaded.pop((name, version), None)
+                orphans.discard((name, version))
+        self._orphans = orphans
 
     async def _place_workers(self, stored: list[VersionRecord]) -> None:
         """The worker policy: the latest version of each model and the aliased ones warm."""

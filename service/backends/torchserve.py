@@ -153,13 +153,12 @@ class TorchServeBackend:
             token = page.get("nextPageToken") or ""
             if not token:
                 break
-        ready = await asyncio.gather(*(self._serves(model) for model in models))
-        loaded = {}
-        for model, ok in zip(models, ready, strict=True):
-            key = version_of(model)
-            if key is not None:  # not one of ours: an external TorchServe may serve others too
-                loaded[key] = ok
-        return loaded
+        # ours: named for a version and registered from our model store (an external TorchServe
+        # may serve other models too)
+        store = self.settings.resolved_model_store
+        ours = {m: key for m in models if (key := version_of(m)) and (store / m / MANIFEST).is_file()}
+        ready = await asyncio.gather(*(self._serves(model) for model in ours))
+        return {key: ok for key, ok in zip(ours.values(), ready, strict=True)}
 
     async def _serves(self, model: str) -> bool:
         """A worker is ready, or none is wanted (cold: its next request starts them)."""
@@ -178,13 +177,18 @@ class TorchServeBackend:
     async def register(
         self, name: str, version: int, artifacts: Path, serving: ServingOptions
     ) -> dict[str, float]:
+        """Idempotent: a version already registered from its folder in the model store (by another
+        replica sharing this TorchServe, or by this one a moment ago) is left as it is."""
         async with self.locks.hold(name, version):
             started = time.perf_counter()
             store = self.settings.resolved_model_store
+            model = archive_name(name, version)
+            if await self._registered(model):
+                if await asyncio.to_thread((store / model / MANIFEST).is_file):
+                    return {"archive": 0.0, "register": time.perf_counter() - started}
+                await self._delete_if_present(model, version)  # its folder is gone: registered anew
             folder = await asyncio.to_thread(build_model_dir, name, version, artifacts, serving, store)
             archived = time.perf_counter()
-            model = archive_name(name, version)
-            await self._delete_if_present(model, version)
             self._workers.pop(model, None)
             workers = self._placed(model, time.monotonic())
             params = {
@@ -199,6 +203,9 @@ class TorchServeBackend:
             timeout = self.settings.model_startup_timeout_s + 60
             try:
                 status, text = await self._management("POST", "/models", params=params, timeout=timeout)
+                if status == 409:  # another replica registered it meanwhile, from the same folder
+                    log.info("%s was registered with TorchServe by another replica", model)
+                    return {"archive": archived - started, "register": time.perf_counter() - archived}
                 if status >= 300:
                     raise BackendUnavailable(f"TorchServe refused {model}: {status} {text.strip()}")
             except BaseException:
@@ -307,6 +314,12 @@ class TorchServeBackend:
             raise BackendUnavailable(
                 f"TorchServe could not scale {model} to {workers} workers: {text.strip()}"
             )
+
+    async def _registered(self, model: str) -> bool:
+        status, text = await self._management("GET", f"/models/{model}", timeout=10)
+        if status not in (200, 404):
+            raise BackendUnavailable(f"TorchServe could not describe {model}: {status} {text.strip()}")
+        return status == 200
 
     async def _delete_if_present(self, model: str, version: int) -> None:
         status, text = await self._management("DELETE", f"/models/{model}/{version}", timeout=60)

@@ -191,3 +191,47 @@ def test_a_deleted_versions_mark_goes_with_its_row(settings: Settings, checkpoin
         assert client.delete("/models/tiny/versions/1").status_code == 204
         assert not client.app.state.versions.retired(record)  # type: ignore[attr-defined]
         assert client.post("/predict/tiny", **IMAGE).status_code == 404  # and it stays gone
+
+
+@pytest.mark.databases
+def test_replicas_on_one_database_follow_each_others_versions_and_aliases(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two replicas (one process each in production; two apps here) on one database and one artifact
+    store: a version converted on A is served by B (its supervisor registers it), an alias moved on
+    B is followed by A within the version cache's lifetime, a version deleted on A is 404 on B and
+    unloaded from B's backend."""
+    shared = {"artifacts_dir": tmp_path / "artifacts", "supervise_interval_s": 0.1, "version_cache_s": 0.5}
+    a = settings.model_copy(update={**shared, "data_dir": tmp_path / "a"})
+    b = settings.model_copy(update={**shared, "data_dir": tmp_path / "b"})
+    with TestClient(create_app(a)) as on_a, TestClient(create_app(b)) as on_b:
+        for seed in (1, 2):
+            form = convert_form(make_checkpoint(tmp_path / f"{seed}.pth", seed=seed))
+            assert on_a.post("/convert", **form).status_code == 201
+
+        def served_by_b(version: int) -> dict[str, Any] | None:
+            answer = on_b.post(f"/predict/tiny?version={version}", **IMAGE)
+            return answer.json() if answer.status_code == 200 else None
+
+        for version in (1, 2):
+            assert wait_for(lambda v=version: served_by_b(v), timeout=30) == (  # type: ignore[misc]
+                on_a.post(f"/predict/tiny?version={version}", **IMAGE).json()
+            )
+
+        assert on_b.put("/models/tiny/aliases/production", json={"version": 1}).status_code == 200
+        started = time.monotonic()
+
+        def by_alias() -> int | None:
+            answer = on_a.post("/predict/tiny?version=production", **IMAGE).json()
+            return answer["version"] if answer["version"] == 1 else None
+
+        wait_for(by_alias, timeout=10)
+        assert time.monotonic() - started <= 0.5 + 0.5
+
+        assert on_a.delete("/models/tiny/versions/2").status_code == 204
+        started = time.monotonic()
+        wait_for(lambda: on_b.post("/predict/tiny?version=2", **IMAGE).status_code == 404 or None, timeout=10)
+        assert time.monotonic() - started <= 0.5 + 0.5  # the cache's lifetime, and a request
+        backend_b = on_b.app.state.backend  # type: ignore[attr-defined]
+        wait_for(lambda: ("tiny", 2) not in asyncio.run(backend_b.loaded()) or None, timeout=10)
+        assert ("tiny", 1) in asyncio.run(backend_b.loaded())
