@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from service.app import create_app
 from service.config import Settings
 from service.main import server_config
 from tests.helpers import ROOT, make_checkpoint
-from tests.servers import NO_POSTGRES, SKIPPED_POSTGRES, PostgresServer, postgres_bindir
+from tests.servers import NO_POSTGRES, SKIPPED_POSTGRES, PostgresServer, postgres_bindir, s3_server
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +119,27 @@ def _serving(settings: Settings) -> Iterator[tuple[str, int]]:
 def live_server() -> Callable[[Settings], contextlib.AbstractContextManager[tuple[str, int]]]:
     """``with live_server(settings) as (host, port):`` the app served by uvicorn on loopback."""
     return _serving
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture()
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new bucket; boto3 reaches the server through the standard AWS variables."""
+    for variable, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    import boto3  # loaded by the tests that use S3 only
+
+    name = f"reparam-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

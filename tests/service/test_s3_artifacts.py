@@ -5,8 +5,6 @@ never take a half-written folder for a stored one."""
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -20,31 +18,8 @@ from service.app import create_app
 from service.config import Settings
 from service.store.s3 import MARKER, S3ArtifactStore
 from tests.helpers import SERVICE_SPEC, convert_form, png_bytes, ready, wait_for, wait_ready
-from tests.servers import s3_server
 
 IMAGE = {"content": png_bytes(), "headers": {"Content-Type": "image/png"}}
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with s3_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture()
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new bucket; boto3 reaches the server through the standard AWS variables."""
-    for variable, value in {
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(variable, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    name = f"reparam-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=name)
-    return name
 
 
 def objects(bucket: str) -> dict[str, bytes]:
