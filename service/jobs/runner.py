@@ -143,7 +143,12 @@ class JobRunner:
             status, result = await self._convert(job)
         finally:
             heartbeat.cancel()
-        if await asyncio.to_thread(self.metadata.finish_job, job, status, result):
+        try:
+            recorded = await asyncio.to_thread(self.metadata.finish_job, job, status, result)
+        except Exception:  # the job is run again once its lease runs out
+            log.exception("job %s: its outcome could not be recorded", job.id)
+            return
+        if recorded:
             await asyncio.to_thread(self.inputs.delete, job.id)
         else:
             log.warning(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from reparam_core import ServingOptions, convert, parse_spec
 from service.app import create_app
@@ -163,3 +165,11 @@ def test_inputs_no_job_names_are_swept_after_an_hour(settings: Settings, tmp_pat
     with TestClient(create_app(settings)):  # the runner sweeps at its first poll
         wait_for(lambda: not (inputs.root / orphan).exists() or None)
     assert sorted(os.listdir(inputs.root)) == sorted([recent, running])
+
+
+def test_a_lease_must_outlast_two_heartbeats() -> None:
+    refused = re.escape("job_lease_s (10) must be more than twice job_heartbeat_s (5)")
+    with pytest.raises(ValidationError, match=refused):
+        Settings(job_lease_s=10, job_heartbeat_s=5)
+    assert Settings(replica_id="replica-a").resolved_replica_id == "replica-a"
+    assert Settings().resolved_replica_id == Settings().resolved_replica_id  # one name per process
