@@ -56,7 +56,7 @@ class JobRunner:
         self.running: dict[str, tuple[JobRecord, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
-        self._swept = -SWEEP_EVERY_S
+        self._swept = float("-inf")  # monotonic time of the last sweep: the first poll sweeps
 
     async def submit(self, request: ConversionRequest) -> str:
         """Queue ``request`` and return the job's id. Its upload folder is taken: stored as the job's
