@@ -17,12 +17,13 @@ from .backends import start_backend
 from .backends.supervisor import Supervisor
 from .config import Settings, get_settings
 from .errors import install_handlers
-from .jobs import Conversions, Exports
+from .jobs import Conversions, Exports, JobRunner
 from .limits import BodyLimits, Pace
 from .metrics import CountRequests, Metrics
 from .openapi import install_openapi
 from .routes import aliases, convert, health, models, predict
 from .store import ArtifactStore, MetadataStore, VersionCache, artifact_store_from_settings
+from .store.job_inputs import job_inputs_from_settings
 from .ui import LatencySampler
 from .ui import router as ui_router
 
@@ -36,7 +37,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metadata = MetadataStore(settings.resolved_database_url, settings.migrate_at_start)
     app.state.artifacts = artifact_store_from_settings(settings)
     app.state.versions = VersionCache(app.state.metadata, settings.version_cache_s)
-    await asyncio.to_thread(_clean_up_after_a_stop, app.state.metadata, app.state.artifacts)
+    await asyncio.to_thread(_clean_up_after_a_stop, app.state.artifacts)
     backend = app.state.backend = await start_backend(settings)
     exports = app.state.exports = Exports(
         settings, app.state.metadata, app.state.artifacts, app.state.metrics
@@ -60,7 +61,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.metrics,
             on_give_up=app.state.on_give_up,
         )
+        runner = app.state.job_runner = JobRunner(
+            settings,
+            app.state.metadata,
+            job_inputs_from_settings(settings, app.state.artifacts),
+            conversions,
+        )
         await supervisor.start()
+        runner.start()  # jobs a stopped replica left are taken over once their lease runs out
         app.state.latency.start()
         if resumed := await exports.resume():
             log.info(
@@ -72,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await runner.stop()
             await app.state.latency.stop()
             await supervisor.stop()
             conversions.close()
@@ -80,18 +89,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.stop()
 
 
-def _clean_up_after_a_stop(metadata: MetadataStore, artifacts: ArtifactStore) -> None:
-    """What a killed process left: jobs that will never finish, uploads and staging folders."""
-    failed = metadata.fail_unfinished_jobs(
-        "interrupted: the service stopped during this conversion; post it again"
-    )
-    removed = artifacts.clean_staging()
-    if failed or removed:
-        log.warning(
-            "after an unclean stop: %d unfinished jobs marked failed, %d staging leftovers removed",
-            failed,
-            removed,
-        )
+def _clean_up_after_a_stop(artifacts: ArtifactStore) -> None:
+    """What a killed process left: uploads, work and staging folders (its jobs are taken over by a
+    runner once their lease runs out)."""
+    if removed := artifacts.clean_staging():
+        log.warning("after an unclean stop: %d staging leftovers removed", removed)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

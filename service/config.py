@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,6 +77,26 @@ class Settings(BaseSettings):
         default=300_000_000, gt=0, description="largest deploy net converted, in parameters"
     )
     conversion_workers: int = Field(default=1, ge=1, description="conversions run at the same time")
+    replica_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$",
+        description="this replica's name on the conversion jobs it claims; default hostname-pid-random",
+    )
+    job_poll_s: float = Field(
+        default=1.0, gt=0, description="how often a replica with a free conversion slot looks for queued jobs"
+    )
+    job_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="how often a replica renews the lease of each job it runs"
+    )
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a running job whose replica has not renewed it for this long is taken over by "
+        "another replica (docs/operations.md: sizing it)",
+    )
+    job_max_attempts: int = Field(
+        default=2, ge=1, description="replicas that may start one job before it fails (theirs stopped)"
+    )
     export_program: bool = Field(
         default=True,
         description="write model.pt2 (torch.export) per version, in the background after registering",
@@ -149,6 +171,19 @@ class Settings(BaseSettings):
         default=600, ge=1, description="loading, compiling and warming up one version (TorchServe worker)"
     )
 
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.job_lease_s <= 2 * self.job_heartbeat_s:
+            raise ValueError(
+                f"job_lease_s ({self.job_lease_s:g}) must be more than twice job_heartbeat_s "
+                f"({self.job_heartbeat_s:g}): one late heartbeat must not lose a running job"
+            )
+        return self
+
+    @property
+    def resolved_replica_id(self) -> str:
+        return self.replica_id or _process_id(os.getpid())
+
     @property
     def resolved_workers(self) -> int:
         """One worker per core (up to 4) on the CPU: single-threaded workers side by side keep
@@ -173,6 +208,12 @@ class Settings(BaseSettings):
     @property
     def resolved_model_store(self) -> Path:
         return (self.torchserve_model_store or self.data_dir / "model-store").resolve()
+
+
+@lru_cache
+def _process_id(pid: int) -> str:
+    """This process's replica name: host, pid and a random part (pids repeat across restarts)."""
+    return f"{socket.gethostname()[:64]}-{pid}-{secrets.token_hex(4)}"
 
 
 def _cores() -> int:

@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 from .backends.base import InferenceBackend
 from .backends.supervisor import Supervisor
 from .config import Settings
-from .jobs import Conversions, Exports
+from .jobs import Conversions, Exports, JobRunner
 from .metrics import Metrics
 from .store import ArtifactStore, MetadataStore, VersionCache
 
@@ -52,6 +52,10 @@ async def _conversions(request: Request) -> Conversions:
     return request.app.state.conversions  # type: ignore[no-any-return]
 
 
+async def _job_runner(request: Request) -> JobRunner:
+    return request.app.state.job_runner  # type: ignore[no-any-return]
+
+
 async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
@@ -82,5 +86,6 @@ BackendDep = Annotated[InferenceBackend, Depends(_backend)]
 SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
 ConversionsDep = Annotated[Conversions, Depends(_conversions)]
 ExportsDep = Annotated[Exports, Depends(_exports)]
+JobRunnerDep = Annotated[JobRunner, Depends(_job_runner)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ActorDep = Annotated[str, Depends(_actor)]

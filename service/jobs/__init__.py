@@ -2,6 +2,7 @@
 
 from .conversions import JOINED, STAGES, ConversionOutcome, ConversionRequest, Conversions, Upload
 from .exports import Exports
+from .runner import JobRunner
 
 __all__ = [
     "JOINED",
@@ -10,5 +11,6 @@ __all__ = [
     "ConversionRequest",
     "Conversions",
     "Exports",
+    "JobRunner",
     "Upload",
 ]

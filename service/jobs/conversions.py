@@ -8,7 +8,6 @@ artifacts are removed again. A failed gate stores nothing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
@@ -33,10 +32,9 @@ from reparam_core.deploy import ONNX_INT8, sha256_file
 
 from ..backends.base import InferenceBackend
 from ..config import Settings
-from ..errors import Conflict, ServiceError, status_for
+from ..errors import Conflict
 from ..metrics import Metrics
 from ..store import ArtifactStore, MetadataStore, VersionCache, VersionRecord
-from ..store.metadata import JobState
 from .exports import Exports
 
 log = logging.getLogger("reparam.jobs")
@@ -69,6 +67,22 @@ class Upload:
     filename: str
     seconds: float = 0.0  # copying and hashing it
 
+    def to_json(self) -> dict[str, Any]:
+        """What a queued job keeps of it (the file itself is stored apart, as ``stored_as``)."""
+        return {
+            "stored_as": self.path.name,
+            "sha256": self.sha256,
+            "size": self.size,
+            "filename": self.filename,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], folder: Path) -> Upload:
+        return cls(
+            folder / data["stored_as"], data["sha256"], data["size"], data["filename"], data["seconds"]
+        )
+
 
 @dataclass(frozen=True)
 class ConversionRequest:
@@ -98,6 +112,35 @@ class ConversionRequest:
             separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as a queued job carries it; its files are in one folder, stored apart."""
+        files = {"checkpoint": self.upload, "reference": self.reference, "calibration": self.calibration}
+        return {
+            "name": self.name,
+            "spec": self.spec.model_dump(mode="json"),
+            "tolerance": self.tolerance,
+            "serving": self.serving.model_dump(mode="json"),
+            "weights": self.weights,
+            "new_architecture": self.new_architecture,
+            "inputs": {part: upload.to_json() for part, upload in files.items() if upload is not None},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], folder: Path) -> ConversionRequest:
+        """The request of a queued job whose input files are in ``folder``."""
+        inputs = {part: Upload.from_json(upload, folder) for part, upload in data["inputs"].items()}
+        return cls(
+            data["name"],
+            ArchSpec.model_validate(data["spec"]),
+            inputs["checkpoint"],
+            data["tolerance"],
+            ServingOptions.model_validate(data["serving"]),
+            data["weights"],
+            inputs.get("reference"),
+            data["new_architecture"],
+            inputs.get("calibration"),
+        )
 
 
 def _discard(upload: Upload) -> None:
@@ -132,7 +175,6 @@ class Conversions:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.conversion_workers, thread_name_prefix="convert"
         )
-        self.tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[tuple[str, str, str, str], asyncio.Future[ConversionOutcome]] = {}
 
     def close(self) -> None:
@@ -347,36 +389,3 @@ class Conversions:
         await asyncio.to_thread(self.metadata.drop_aliases, name, who)
         self.versions.forget(name)
         return [record for record in records if await self.delete(name, record.version) is not None]
-
-    async def start_job(self, request: ConversionRequest) -> str:
-        """Queue a conversion and return its job id at once (the caller polls ``/jobs/{id}``)."""
-        name = request.name
-        job = await asyncio.to_thread(self.metadata.create_job, name)
-
-        async def record(status: JobState, result: dict[str, Any] | None = None) -> None:
-            await asyncio.to_thread(self.metadata.update_job, job.id, status, result)
-
-        async def work() -> None:
-            await record("running")
-            try:
-                outcome = await self.run(request, functools.partial(self.metadata.set_job_stage, job.id))
-                result: dict[str, Any] = {
-                    "model": name,
-                    "version": outcome.record.version,
-                    "digest": outcome.record.digest,
-                    "created": outcome.created,
-                }
-                await record("succeeded", result)
-            except EquivalenceError as exc:
-                report = exc.report.model_dump(mode="json") if exc.report is not None else None
-                await record("failed", {"status": 422, "detail": str(exc), "report": report})
-            except (ReparamError, ServiceError) as exc:
-                await record("failed", {"status": status_for(exc), "detail": str(exc)})
-            except Exception as exc:  # recorded for the poller; the service keeps running
-                log.exception("conversion job %s failed", job.id)
-                await record("failed", {"status": 500, "detail": f"internal error ({type(exc).__name__})"})
-
-        task = asyncio.get_running_loop().create_task(work())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return job.id

@@ -28,7 +28,7 @@ from reparam_core import (
 from ..auth import BEARER
 from ..calibration import MAX_CALIBRATION_BYTES, read_images, save_calibration
 from ..config import Settings
-from ..deps import ConversionsDep, MetadataDep, SettingsDep
+from ..deps import ConversionsDep, JobRunnerDep, MetadataDep, SettingsDep
 from ..errors import NotFound, responses
 from ..form_parts import TextPart, parse_labels, text_of
 from ..jobs import JOINED, STAGES, ConversionOutcome, ConversionRequest, Upload
@@ -117,6 +117,13 @@ class JobStatus(BaseModel):
     )
     stages: dict[str, float] = Field(description="seconds each finished stage took, in order")
     progress: float = Field(ge=0, le=1, description="the fraction of the stages finished")
+    attempts: int = Field(
+        description="replicas that started it (more than 1: the one running it stopped, another took over)"
+    )
+    replica: str | None = Field(description="the replica that runs it, or ran it last; null while queued")
+    heartbeat_at: dt.datetime | None = Field(
+        description="when that replica last said it is still running it (every REPARAM_JOB_HEARTBEAT_S)"
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -173,6 +180,7 @@ async def convert_checkpoint(
     ],
     name: Annotated[str, Form(pattern=NAME_PATTERN, description="model name: letters, digits, '_' and '-'")],
     conversions: ConversionsDep,
+    job_runner: JobRunnerDep,
     settings: SettingsDep,
     tolerance: Annotated[
         float | None,
@@ -249,8 +257,8 @@ async def convert_checkpoint(
         new_architecture,
         calibrated,
     )
-    if not wait:  # the job owns the upload folder from here on, as does `run` below
-        job = await conversions.start_job(request)
+    if not wait:  # the job takes the upload folder from here on, as does `run` below
+        job = await job_runner.submit(request)
         return JSONResponse(
             {"job": job, "status_url": f"/jobs/{job}"}, status_code=202, headers={"Location": f"/jobs/{job}"}
         )
@@ -283,6 +291,9 @@ async def get_job(job_id: JobId, metadata: MetadataDep) -> JobStatus:
         stage=job.stage,
         stages=job.stages,
         progress=round(done / len(STAGES), 3),
+        attempts=job.attempts,
+        replica=job.owner,
+        heartbeat_at=job.heartbeat_at,
         created_at=job.created_at,
         updated_at=job.updated_at,
     )

@@ -10,6 +10,10 @@ Aliases (``production``, ``default``, ...) name one version of a model each; eve
 change, a removal) is kept in ``alias_moves`` with who made it and when. An alias is written and a
 version deleted under the model's row lock (``_lock``), so an alias never points at a missing version.
 The tables are created and changed by Alembic migrations (``schema``), at start-up unless told not to.
+
+Conversion jobs are a queue any replica takes from (``claim_job``): every change of a claimed job is
+a compare-and-set on its claim (owner and attempt), so one replica at a time runs a job, and one
+whose lease ran out (``heartbeat`` stopped) can no longer write to it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,14 +30,18 @@ from typing import Any, Literal, cast
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     CursorResult,
     DateTime,
     Index,
     Integer,
     String,
     UniqueConstraint,
+    Update,
+    and_,
     create_engine,
     func,
+    or_,
     select,
     text,
     update,
@@ -129,7 +136,11 @@ def serving_digest(serving: dict[str, Any]) -> str:
 
 
 class _Job(_Base):
+    """A conversion job: queued with its request, claimed by one replica (``owner``), which keeps
+    ``heartbeat_at`` fresh while it runs it; ``attempts`` counts the claims."""
+
     __tablename__ = "jobs"
+    __table_args__ = (Index("jobs_by_status", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
@@ -140,6 +151,10 @@ class _Job(_Base):
     # the stage under way and the seconds each finished one took (the conversion's own order)
     stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     stages: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # None: before 0003
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 @dataclass(frozen=True)
@@ -210,6 +225,10 @@ class JobRecord:
     updated_at: dt.datetime
     stage: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    request: dict[str, Any] | None = None
+    owner: str | None = None  # the replica that claimed it last
+    heartbeat_at: dt.datetime | None = None
+    attempts: int = 0  # claims so far: the one under way included
 
 
 def _record(row: _Version) -> VersionRecord:
@@ -227,6 +246,12 @@ def _record(row: _Version) -> VersionRecord:
     )
 
 
+def _update_jobs() -> Update:
+    """An UPDATE of jobs that leaves rows loaded in the session as they are (its condition may
+    compare SQLite's zone-less times, which the ORM cannot evaluate in Python)."""
+    return update(_Job).execution_options(synchronize_session=False)
+
+
 def _job_record(row: _Job) -> JobRecord:
     return JobRecord(
         row.id,
@@ -237,6 +262,10 @@ def _job_record(row: _Job) -> JobRecord:
         _utc(row.updated_at),
         row.stage,
         dict(row.stages or {}),
+        row.request,
+        row.owner,
+        _utc(row.heartbeat_at) if row.heartbeat_at is not None else None,
+        row.attempts,
     )
 
 
@@ -465,44 +494,151 @@ class MetadataStore:
         with self._session() as s:
             return (s.scalar(select(func.count()).where(_Version.digest == digest)) or 0) > 0
 
-    def create_job(self, name: str) -> JobRecord:
+    def create_job(self, job_id: str, name: str, request: dict[str, Any]) -> JobRecord:
+        """Queue a job whose inputs are stored already: any replica may claim it from now on."""
         with self._session() as s:
             now = _now()
-            job = _Job(id=uuid.uuid4().hex, name=name, status="queued", created_at=now, updated_at=now)
+            job = _Job(id=job_id, name=name, status="queued", request=request, created_at=now, updated_at=now)
             s.add(job)
+            s.flush()
             return _job_record(job)
 
-    def update_job(self, job_id: str, status: JobState, result: dict[str, Any] | None = None) -> None:
-        with self._session() as s:
-            job = s.get(_Job, job_id)
-            if job is None:
-                return
-            now = _now()
-            if status in ("succeeded", "failed") and job.stage is not None:  # the last stage ends
-                elapsed = round((now - _utc(job.updated_at)).total_seconds(), 3)
-                job.stages = {**(job.stages or {}), job.stage: elapsed}
-                job.stage = None if status == "succeeded" else job.stage  # a failure keeps where
-            job.status, job.result, job.updated_at = status, result, now
+    @staticmethod
+    def _claimable(cutoff: dt.datetime, max_attempts: int) -> ColumnElement[bool]:
+        """Queued, or running under a lease that ran out (its replica stopped) with attempts left."""
+        expired = and_(_Job.status == "running", _Job.heartbeat_at < cutoff, _Job.attempts < max_attempts)
+        return or_(_Job.status == "queued", expired)
 
-    def set_job_stage(self, job_id: str, stage: str) -> None:
-        """``stage`` has started: the one before it (if any) is finished, its seconds recorded."""
+    def claim_job(self, owner: str, lease_s: float, max_attempts: int) -> JobRecord | None:
+        """Take the oldest claimable job for ``owner``, or None. Compare-and-set: of replicas
+        claiming one job at once, exactly one UPDATE matches (the others find it changed)."""
+        now = _now()
+        claimable = self._claimable(now - dt.timedelta(seconds=lease_s), max_attempts)
         with self._session() as s:
-            job = s.get(_Job, job_id)
-            if job is None:
-                return
-            now = _now()
-            stages = dict(job.stages or {})
-            if job.stage is not None:
-                stages[job.stage] = round((now - _utc(job.updated_at)).total_seconds(), 3)
-            job.stage, job.stages, job.updated_at = stage, stages, now
+            candidates = list(s.scalars(select(_Job.id).where(claimable).order_by(_Job.created_at).limit(8)))
+        for job_id in candidates:
+            with self._session() as s:
+                claimed: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                    _update_jobs()
+                    .where(_Job.id == job_id, claimable)
+                    .values(
+                        status="running",
+                        owner=owner,
+                        heartbeat_at=now,
+                        attempts=_Job.attempts + 1,
+                        stage=None,
+                        stages={},
+                        result=None,
+                        updated_at=now,
+                    )
+                )
+                if claimed.rowcount == 1:
+                    row = s.get(_Job, job_id, populate_existing=True)
+                    assert row is not None
+                    return _job_record(row)
+        return None
 
-    def fail_unfinished_jobs(self, detail: str) -> int:
-        """Mark every queued or running job failed (their process is gone); returns how many."""
+    @staticmethod
+    def _held(job: JobRecord) -> ColumnElement[bool]:
+        """The job is still running under the claim ``job`` records (not reclaimed since)."""
+        return and_(
+            _Job.id == job.id,
+            _Job.status == "running",
+            _Job.owner == job.owner,
+            _Job.attempts == job.attempts,
+        )
+
+    def heartbeat(self, job: JobRecord) -> bool:
+        """Renew the claim's lease; False when it was lost (another replica claimed the job)."""
         with self._session() as s:
-            jobs = list(s.scalars(select(_Job).where(_Job.status.in_(("queued", "running")))))
-            for job in jobs:
-                job.status, job.result, job.updated_at = "failed", {"status": 503, "detail": detail}, _now()
-            return len(jobs)
+            renewed: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                _update_jobs().where(self._held(job)).values(heartbeat_at=_now())
+            )
+            return renewed.rowcount == 1
+
+    def set_job_stage(self, job: JobRecord, stage: str) -> bool:
+        """``stage`` has started: the one before it (if any) is finished, its seconds recorded.
+        False (nothing written) when the claim was lost."""
+        with self._session() as s:
+            row = s.get(_Job, job.id)
+            if row is None:
+                return False
+            now = _now()
+            stages = dict(row.stages or {})
+            if row.stage is not None:
+                stages[row.stage] = round((now - _utc(row.updated_at)).total_seconds(), 3)
+            written: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                _update_jobs().where(self._held(job)).values(stage=stage, stages=stages, updated_at=now)
+            )
+            return written.rowcount == 1
+
+    def finish_job(self, job: JobRecord, status: JobState, result: dict[str, Any]) -> bool:
+        """Record the claim's outcome (``succeeded`` or ``failed``); False (nothing written) when the
+        claim was lost: a replica that stopped heartbeating never overwrites its successor."""
+        with self._session() as s:
+            row = s.get(_Job, job.id)
+            if row is None:
+                return False
+            now, stage, stages = _now(), row.stage, dict(row.stages or {})
+            if stage is not None:  # the last stage ends; a failure keeps where
+                stages[stage] = round((now - _utc(row.updated_at)).total_seconds(), 3)
+                stage = None if status == "succeeded" else stage
+            values = {"status": status, "result": result, "stage": stage, "stages": stages, "updated_at": now}
+            written: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                _update_jobs().where(self._held(job)).values(**values)
+            )
+            return written.rowcount == 1
+
+    def release_job(self, job: JobRecord) -> bool:
+        """Queue the claim's job again, that attempt not counted (this replica stops, gracefully)."""
+        with self._session() as s:
+            released: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                _update_jobs()
+                .where(self._held(job))
+                .values(
+                    status="queued",
+                    owner=None,
+                    heartbeat_at=None,
+                    attempts=_Job.attempts - 1,
+                    updated_at=_now(),
+                )
+            )
+            return released.rowcount == 1
+
+    def fail_abandoned_jobs(self, lease_s: float, max_attempts: int) -> list[JobRecord]:
+        """Fail the running jobs whose lease ran out with no attempt left (503: their replica
+        stopped that many times); returns them, failed."""
+        now = _now()
+        abandoned = and_(
+            _Job.status == "running",
+            _Job.heartbeat_at < now - dt.timedelta(seconds=lease_s),
+            _Job.attempts >= max_attempts,
+        )
+        failed = []
+        with self._session() as s:
+            for row in list(s.scalars(select(_Job).where(abandoned))):
+                times = "once" if row.attempts == 1 else f"{row.attempts} times"
+                result = {
+                    "status": 503,
+                    "detail": f"the replica running this conversion stopped, {times} (last {row.owner}): "
+                    "post it again",
+                }
+                written: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                    _update_jobs()
+                    .where(_Job.id == row.id, abandoned)
+                    .values(status="failed", result=result, updated_at=now)
+                )
+                if written.rowcount == 1:
+                    failed.append(
+                        dataclasses.replace(_job_record(row), status="failed", result=result, updated_at=now)
+                    )
+        return failed
+
+    def unfinished_jobs(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` that are queued or running."""
+        with self._session() as s:
+            query = select(_Job.id).where(_Job.id.in_(job_ids), _Job.status.in_(("queued", "running")))
+            return set(s.scalars(query))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._session() as s:

@@ -188,6 +188,8 @@ def test_a_job_shows_its_stage_while_it_runs_and_every_stage_when_done(
     assert running["status"] == "running" and running["stage"] == "fuse"
     assert list(running["stages"]) == ["parse", "read", "build"]
     assert running["progress"] == round(3 / len(STAGES), 3)
+    replica = client.app.state.settings.resolved_replica_id  # type: ignore[attr-defined]
+    assert running["attempts"] == 1 and running["replica"] == replica and running["heartbeat_at"]
     done = wait_for(lambda: finished_job(client, accepted.json()["status_url"]))
     assert done["status"] == "succeeded" and done["stage"] is None and done["progress"] == 1
     # the service's list follows the library's order; model.onnx is exported after registration,

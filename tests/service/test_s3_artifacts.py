@@ -5,7 +5,10 @@ never take a half-written folder for a stored one."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -16,6 +19,7 @@ from reparam_core import ConversionResult, convert
 from reparam_core.deploy import ONNX, REPORT, SPEC, WEIGHTS
 from service.app import create_app
 from service.config import Settings
+from service.store.job_inputs import S3JobInputs
 from service.store.s3 import MARKER, S3ArtifactStore
 from tests.helpers import SERVICE_SPEC, convert_form, png_bytes, ready, wait_for, wait_ready
 
@@ -74,6 +78,59 @@ def test_a_replica_with_an_empty_cache_serves_from_the_bucket(
             assert a.delete("/models/tiny/versions/1").status_code == 204
             assert not b.app.state.artifacts.local_path(digest).exists()  # type: ignore[attr-defined]
             assert not cached.exists()
+
+
+@pytest.mark.databases
+def test_a_queued_jobs_inputs_wait_in_the_bucket(
+    settings: Settings, bucket: str, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait=false``: the checkpoint is in the bucket (marker last) while the job runs, where any
+    replica can fetch it, and gone once the job has succeeded."""
+    inside, release = threading.Event(), threading.Event()
+
+    def held_convert(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        release.wait(timeout=30)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr("service.jobs.conversions.convert", held_convert)
+    s3_settings = on_s3(settings, bucket)
+    with TestClient(create_app(s3_settings)) as client:
+        job = client.post("/convert?wait=false", **convert_form(checkpoint)).json()["job"]
+        assert inside.wait(timeout=30)
+        stored = {key: data for key, data in objects(bucket).items() if key.startswith("reparam/jobs/")}
+        release.set()
+        assert set(stored) == {f"reparam/jobs/{job}/checkpoint", f"reparam/jobs/{job}/{MARKER}"}
+        assert stored[f"reparam/jobs/{job}/checkpoint"] == checkpoint.read_bytes()
+        done = wait_for(
+            lambda: ready(client, f"/jobs/{job}", waiting=()).json()["status"] != "running" or None
+        )
+        assert client.get(f"/jobs/{job}").json()["status"] == "succeeded", done
+        s3 = boto3.client("s3")  # the inputs are deleted right after the outcome is recorded
+        wait_for(lambda: "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="reparam/jobs/") or None)
+        assert not (s3_settings.resolved_artifacts_dir / "jobs").exists()  # nothing kept on local disk
+
+
+def test_job_inputs_in_the_bucket_are_fetched_whole_or_not_at_all(bucket: str, tmp_path: Path) -> None:
+    inputs = S3JobInputs(boto3.client("s3"), bucket, "reparam")
+    stored, partial = uuid.uuid4().hex, uuid.uuid4().hex
+    (tmp_path / "upload").mkdir()
+    (tmp_path / "upload" / "checkpoint").write_bytes(b"weights")
+    (tmp_path / "upload" / "reference.safetensors").write_bytes(b"reference")
+    inputs.put(stored, tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()  # taken
+    inputs.fetch(stored, tmp_path / "work")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "work").iterdir()} == {
+        "checkpoint": b"weights",
+        "reference.safetensors": b"reference",
+    }
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"reparam/jobs/{partial}/checkpoint", Body=b"half")
+    with pytest.raises(FileNotFoundError, match="are gone"):  # no marker: not stored
+        inputs.fetch(partial, tmp_path / "other")
+    assert sorted(inputs.older_than(-60)) == sorted([stored, partial]) and inputs.older_than(3600) == []
+    inputs.delete(stored)
+    inputs.delete(partial)
+    assert objects(bucket) == {}
 
 
 @pytest.fixture()

@@ -112,10 +112,7 @@ def test_a_database_from_before_serving_options_is_upgraded(tmp_path: Path) -> N
         )
     store = MetadataStore(f"sqlite:///{path}")
     job = store.get_job("j")
-    assert job is not None and job.stage is None and job.stages == {}
-    store.set_job_stage("j", "fuse")
-    job = store.get_job("j")
-    assert job is not None and job.stage == "fuse" and job.stages == {}
+    assert job is not None and job.status == "failed" and job.stage is None and job.stages == {}
     record = store.get_version("old", 1)
     assert record is not None and record.serving == ServingOptions().model_dump(mode="json")
     assert store.find_duplicate("old", "c", "s", record.serving) == record
