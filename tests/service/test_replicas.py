@@ -36,6 +36,7 @@ TOKEN = "replica-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STALENESS_S = 1.0  # REPARAM_VERSION_CACHE_S of both replicas
 IMAGE = png_bytes(40, 40, seed=11)
+LEASE_S = 4.0  # a job whose replica stopped renewing it for this long is taken over
 A0 = {"family": "repvgg", "variant": "A0", "num_classes": 10}  # its gate takes seconds: time to kill
 
 
@@ -74,6 +75,7 @@ class Replica:
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**environment, "REPARAM_DATA_DIR": str(folder / name), "REPARAM_PORT": str(self.port)}
+        env["REPARAM_REPLICA_ID"] = name
         self.log = folder / f"{name}.log"  # a pipe would fill up and stall it
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -144,6 +146,9 @@ def replicas(
         "REPARAM_WARM_VERSIONS": "all",
         "REPARAM_VERSION_CACHE_S": str(STALENESS_S),
         "REPARAM_SUPERVISE_INTERVAL_S": "1",
+        "REPARAM_JOB_POLL_S": "0.2",
+        "REPARAM_JOB_HEARTBEAT_S": "0.5",
+        "REPARAM_JOB_LEASE_S": str(LEASE_S),
     }
     started = [Replica(name, environment, tmp_path) for name in ("a", "b")]
     try:
@@ -204,3 +209,42 @@ def _assert_only_complete_folders(bucket: str, expected: int) -> None:
     assert all(folder.startswith("reparam/sha256/") for folder in folders), sorted(keys)
     assert {f for f in folders if f"{f}/{MARKER}" in keys} == folders
     assert len(folders) == expected
+
+
+@pytest.mark.parametrize("kill_in", ["fuse", "register"])
+def test_a_job_whose_replica_is_killed_is_completed_by_the_other(
+    replicas: tuple[Replica, Replica], tmp_path: Path, bucket: str, kill_in: str
+) -> None:
+    """SIGKILL the replica running a conversion job (in the middle of the conversion, or after the
+    version's row is stored, while it is registered): the other takes the job over once the lease
+    lapses and completes it. One version, only complete artifact folders, no job inputs left."""
+    by_name = {replica.name: replica for replica in replicas}
+    accepted = replicas[0].convert(make_checkpoint(tmp_path / "a0.pth", spec=A0, seed=3), A0, wait=False)
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()["job"]
+    order = ["parse", "read", "build", "fuse", "assemble", "onnx", "validate", "serving", "store", "register"]
+
+    def reached() -> dict[str, Any] | None:
+        state = replicas[1].http.get(f"/jobs/{job}", headers=AUTH).json()  # every replica sees it
+        assert state["status"] in ("queued", "running"), state
+        return state if state["stage"] in order[order.index(kill_in) :] else None
+
+    running = wait_for(reached, timeout=120, interval=0.02)
+    killed = by_name[running["replica"]]
+    killed.kill()
+    survivor = next(replica for replica in replicas if replica is not killed)
+    assert running["attempts"] == 1
+
+    def finished() -> dict[str, Any] | None:
+        state = survivor.http.get(f"/jobs/{job}", headers=AUTH).json()
+        return state if state["status"] in ("succeeded", "failed") else None
+
+    done = wait_for(finished, timeout=300, interval=0.2)
+    assert done["status"] == "succeeded", done
+    assert (done["attempts"], done["replica"]) == (2, survivor.name)
+    assert done["result"]["version"] == 1
+    versions = survivor.http.get("/models/tiny").json()["versions"]
+    assert [v["version"] for v in versions] == [1]  # no duplicate
+    wait_for(lambda: survivor.predict(1).status_code == 200 or None, timeout=120)
+    assert survivor.predict(1).json()["version"] == 1
+    _assert_only_complete_folders(bucket, expected=1)  # no partial folder, no job inputs left
