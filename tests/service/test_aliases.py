@@ -69,6 +69,7 @@ def test_set_move_history_and_predict_by_alias(client: TestClient, checkpoint: P
     assert client.get("/models/tiny/aliases/staging/history").status_code == 404
 
 
+@pytest.mark.databases
 def test_default_alias_is_what_predict_serves(client: TestClient, checkpoint: Path, tmp_path: Path) -> None:
     _two_versions(client, checkpoint, tmp_path)
     assert client.put("/models/tiny/aliases/default", json={"version": 1}).status_code == 200
@@ -78,6 +79,7 @@ def test_default_alias_is_what_predict_serves(client: TestClient, checkpoint: Pa
     assert _served(client) == 2
 
 
+@pytest.mark.databases
 def test_refusals(client: TestClient, checkpoint: Path) -> None:
     assert client.post("/convert", **convert_form(checkpoint)).status_code == 201
     assert client.put("/models/tiny/aliases/production", json={"version": 7}).status_code == 404

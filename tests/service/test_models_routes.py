@@ -77,6 +77,7 @@ def test_list_describe_download_delete(
     assert client.get("/models/nothing").status_code == 404
 
 
+@pytest.mark.databases
 def test_artifacts_shared_by_two_versions_survive_one_delete(client: TestClient, checkpoint: Path) -> None:
     client.post("/convert", **convert_form(checkpoint))
     client.post("/convert", **convert_form(checkpoint, name="copy"))
