@@ -195,13 +195,13 @@ def test_a_deleted_versions_mark_goes_with_its_row(settings: Settings, checkpoin
 
 @pytest.mark.databases
 def test_replicas_on_one_database_follow_each_others_versions_and_aliases(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, bucket: str
 ) -> None:
-    """Two replicas (one process each in production; two apps here) on one database and one artifact
-    store: a version converted on A is served by B (its supervisor registers it), an alias moved on
-    B is followed by A within the version cache's lifetime, a version deleted on A is 404 on B and
+    """Two replicas (one process each in production; two apps here) on one database and one bucket:
+    a version converted on A is served by B (its supervisor registers it), an alias moved on B is
+    followed by A within the version cache's lifetime, a version deleted on A is 404 on B and
     unloaded from B's backend."""
-    shared = {"artifacts_dir": tmp_path / "artifacts", "supervise_interval_s": 0.1, "version_cache_s": 0.5}
+    shared = {"artifacts_url": f"s3://{bucket}/r", "supervise_interval_s": 0.1, "version_cache_s": 0.5}
     a = settings.model_copy(update={**shared, "data_dir": tmp_path / "a"})
     b = settings.model_copy(update={**shared, "data_dir": tmp_path / "b"})
     with TestClient(create_app(a)) as on_a, TestClient(create_app(b)) as on_b:
