@@ -153,7 +153,7 @@ def _conversion_options(cmd: argparse.ArgumentParser) -> None:
         metavar="JSON",
         help='also check the net as it would be served, e.g. \'{"precision": "fp16", "compile": true}\' '
         "(fields as in POST /convert; the result is the report's 'serving' section; precision int8 with "
-        "int8_float_layers N or \"auto\" keeps the worst layers float32, see the report's 'int8')",
+        "int8_float_layers N, \"auto\" or layer names keeps layers float32, see the report's 'int8')",
     )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 

@@ -222,7 +222,7 @@ def convert(
             deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
             stored = _storage_model(deploy_spec, fused)
             if serving is not None and serving.precision == "int8":  # before the report's minute
-                check_float_layers(serving.int8_float_layers, len(fused_layers(stored)))
+                check_float_layers(serving.int8_float_layers, [n for n, _ in fused_layers(stored)])
     fp64: list[EquivalenceReport] = []
     fp32 = fp32_train = stored_weights = served = against_reference = onnx_check = None
     onnx_model = None

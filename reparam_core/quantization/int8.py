@@ -12,8 +12,8 @@ naming the layers to blame.
 Mixed precision (``serving.int8_float_layers``): the layers with the largest INT8 error alone in the
 quantization report stay float32 (:func:`float_nodes`: the layer's Conv and the nodes after it up to
 the next Conv, its ReLU and, for the last layer, the classifier head that reads its output). A given
-number of them, or ``"auto"``: the fewest, one more at a time, that pass the gate. Every quantized
-model tried is in the report (:class:`Int8Trial`), full INT8 first.
+number of them, ``"auto"``: the fewest, one more at a time, that pass the gate, or layers named.
+Every quantized model tried is in the report (:class:`Int8Trial`), full INT8 first.
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ BATCH = 8  # calibration inputs per ONNX Runtime run
 METHOD = "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights, uint8 activations, MinMax"
 
 
+FloatLayers = int | Literal["auto"] | list[str]  # serving.int8_float_layers
+
+
 class Int8Trial(BaseModel):
     """One quantized model tried: ``float_layers`` kept float32, the rest INT8, on the held-out inputs."""
 
-    float_layers: list[str]  # worst first (the quantization report's INT8 error alone)
+    float_layers: list[str]  # worst first (the quantization report's INT8 error alone), or as named
     top1_agreement: float
     logits_rel_error: float
     passed: bool
@@ -60,7 +63,7 @@ class Int8Report(BaseModel):
     logits_rel_error: float  # ||int8 - fp32|| / ||fp32|| over the held-out logits
     passed: bool
     quantize_seconds: float  # every trial's quantization together
-    float_layers_option: int | Literal["auto"] = 0  # serving.int8_float_layers
+    float_layers_option: FloatLayers = 0  # serving.int8_float_layers
     float_layers: list[str] = []  # kept float32 in model.int8.onnx (none: every layer INT8)
     trials: list[Int8Trial] = []  # every model tried, full INT8 first; the last is model.int8.onnx
 
@@ -141,12 +144,21 @@ def ranked_layers(report: QuantizationReport) -> list[str]:
     return [layer.name for layer in ordered]
 
 
-def check_float_layers(option: int | Literal["auto"], layers: int) -> None:
-    """``SpecError`` when ``option`` would keep every one of the net's ``layers`` fused layers float."""
-    if option != "auto" and option >= layers:
+def check_float_layers(option: FloatLayers, layers: list[str]) -> None:
+    """``SpecError`` when ``option`` names a layer the net (its fused ``layers``) does not have, or
+    would keep every layer float32."""
+    if isinstance(option, list):
+        unknown = [name for name in option if name not in layers]
+        if unknown:
+            raise SpecError(
+                f"serving.int8_float_layers: this net has no layer {', '.join(unknown)}; its fused "
+                f"layers: {', '.join(layers)}"
+            )
+    count = len(option) if isinstance(option, list) else option
+    if count != "auto" and count >= len(layers):
         raise SpecError(
-            f"serving.int8_float_layers {option}: this net has {layers} fused layers, so at most "
-            f"{layers - 1} can stay float32 (INT8 needs one)"
+            f"serving.int8_float_layers {option}: this net has {len(layers)} fused layers, so at most "
+            f"{len(layers) - 1} can stay float32 (INT8 needs one)"
         )
 
 
@@ -157,28 +169,31 @@ def quantize_gated(
     fit: Tensor,
     held_out: Tensor,
     min_agreement: float,
-    float_layers: int | Literal["auto"] = 0,
+    float_layers: FloatLayers = 0,
 ) -> tuple[bytes, Int8Report]:
     """``model.int8.onnx`` calibrated on ``fit`` and its report against ``net`` on ``held_out``.
 
-    Full INT8 first; ``float_layers`` N > 0 then keeps the N worst layers of ``report`` float32 (both
-    measured, that one kept); ``"auto"`` adds the worst layers one at a time until the gate passes
-    or ``MAX_INT8_FLOAT_LAYERS`` (or all layers but one) are float, and keeps the last one tried."""
+    Full INT8 first; ``float_layers`` N > 0 then keeps the N worst layers of ``report`` float32, a
+    list of names those layers (both measured, the second kept); ``"auto"`` adds the worst layers
+    one at a time until the gate passes or ``MAX_INT8_FLOAT_LAYERS`` (or all layers but one) are
+    float, and keeps the last one tried."""
     ranking = ranked_layers(report)
-    check_float_layers(float_layers, len(ranking))
+    check_float_layers(float_layers, [layer.name for layer in report.layers])
     if float_layers == "auto":
-        counts = list(range(min(MAX_INT8_FLOAT_LAYERS, len(ranking) - 1) + 1))
+        tried = [ranking[:k] for k in range(min(MAX_INT8_FLOAT_LAYERS, len(ranking) - 1) + 1)]
+    elif isinstance(float_layers, list):
+        tried = [[], float_layers]
     else:
-        counts = [0] if float_layers == 0 else [0, float_layers]
+        tried = [[]] if float_layers == 0 else [[], ranking[:float_layers]]
     reference = _float32_logits(net, held_out)
     trials: list[Int8Trial] = []
     seconds = 0.0
     int8 = b""
-    for count in counts:
+    for layers in tried:
         started = time.perf_counter()
-        int8 = quantize_onnx(onnx, fit, ranking[:count])
+        int8 = quantize_onnx(onnx, fit, layers)
         seconds += time.perf_counter() - started
-        trials.append(_trial(int8, ranking[:count], reference, held_out, min_agreement))
+        trials.append(_trial(int8, layers, reference, held_out, min_agreement))
         if float_layers == "auto" and trials[-1].passed:
             break
     chosen = trials[-1]

@@ -4,6 +4,7 @@ agreement gate refuses the net it breaks and passes a normal one, and model.int8
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -265,9 +266,12 @@ def test_float_nodes_are_the_layer_up_to_the_next_conv() -> None:
         float_nodes(onnx_model, ["stages.9.9"])
 
 
-@pytest.mark.parametrize("value", [-1, 9, "all", True, 1.5, None])
+@pytest.mark.parametrize(
+    "value", [-1, 9, "all", True, 1.5, None, [], ["stem", "stem"], ["stages.x"], [1], ["stem"] * 9]
+)
 def test_int8_float_layers_is_bounded(value: object) -> None:
-    with pytest.raises(SpecError, match=r"serving.int8_float_layers: an integer 0-8 .* or \"auto\""):
+    message = r"serving.int8_float_layers: an integer 0-8 .*, \"auto\", or a list of 1-8 distinct layer names"
+    with pytest.raises(SpecError, match=message):
         parse_serving({"runtime": "onnxruntime", "precision": "int8", "int8_float_layers": value})
 
 
@@ -290,3 +294,42 @@ def test_int8_float_layers_needs_int8_and_a_layer_left_to_quantize() -> None:
             progress=steps.append,
         )
     assert "quantization" not in steps  # refused before the report's forward passes
+    with pytest.raises(
+        SpecError, match=r"this net has no layer stages\.2\.0; its fused layers: stem, stages\.0\.0"
+    ):
+        convert(
+            TINY,
+            state_of(TINY),
+            calibration=inputs(),
+            serving=INT8.model_copy(update={"int8_float_layers": ["stages.1.0", "stages.2.0"]}),
+        )
+
+
+def test_named_layers_kept_float() -> None:
+    named = INT8.model_copy(update={"int8_float_layers": ["stages.0.0", "stages.1.0"]})
+    int8 = convert(TINY, planted(), calibration=inputs(), serving=named).report.int8
+    assert int8 is not None and int8.passed and int8.float_layers == ["stages.0.0", "stages.1.0"]
+    assert [trial.float_layers for trial in int8.trials] == [[], ["stages.0.0", "stages.1.0"]]
+    assert not int8.trials[0].passed
+    other = INT8.model_copy(update={"int8_float_layers": ["stages.0.0"]})
+    with pytest.raises(
+        EquivalenceError, match=r"with stages\.0\.0 kept float32 \(int8_float_layers \['stages\.0\.0'\]"
+    ):
+        convert(TINY, planted(), calibration=inputs(), serving=other)
+
+
+def test_cli_names_the_layers_kept_float(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint, calibration = tmp_path / "planted.pt", tmp_path / "calibration.safetensors"
+    torch.save(planted(), checkpoint)
+    save_file({"inputs": inputs()}, str(calibration))
+    serving = json.dumps({"runtime": "onnxruntime", "precision": "int8", "int8_float_layers": "auto"})
+    args = ["convert", "--checkpoint", str(checkpoint), "--spec", json.dumps(TINY), "--no-export"]
+    code = main(
+        [*args, "--out", str(tmp_path / "out"), "--calibration", str(calibration), "--serving", serving]
+    )
+    assert code == 0
+    assert re.search(
+        r"with stages\.1\.0 kept float32 \(every layer int8: 0\.\d{3}\)", capsys.readouterr().out
+    )
+    int8 = json.loads((tmp_path / "out" / "report.json").read_text())["report"]["int8"]
+    assert int8["float_layers"] == ["stages.1.0"] and int8["float_layers_option"] == "auto"

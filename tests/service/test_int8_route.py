@@ -102,7 +102,8 @@ def test_the_planted_layer_kept_float_is_served(client: TestClient, tmp_path: Pa
 
 def test_bad_int8_float_layers_are_refused(client: TestClient, checkpoint: Path) -> None:
     for value, message in [
-        (-1, "serving.int8_float_layers: an integer 0-8 (the layers with the largest INT8 error kept"),
+        (-1, "serving.int8_float_layers: an integer 0-8 (that many of the layers with the largest INT8"),
+        (["stages.9.0"], "this net has no layer stages.9.0"),
         ("all", "not 'all'"),
         (4, "this net has 4 fused layers, so at most 3 can stay float32"),
     ]:
