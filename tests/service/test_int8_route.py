@@ -139,3 +139,13 @@ def test_other_calibration_images_for_the_same_weights_are_a_conflict(
     assert client.post("/convert", **again).status_code == 201
     assert client.get("/models/tiny/versions/2").status_code == 200
     assert client.get("/models/tiny/versions/3").status_code == 404
+
+
+def test_other_float_layers_for_the_same_weights_are_a_conflict(client: TestClient, checkpoint: Path) -> None:
+    """Another int8_float_layers is another model.int8.onnx for the same weights' shared folder:
+    refused (409) like other calibration inputs, the first version left as it was."""
+    assert client.post("/convert", **form(checkpoint, images())).status_code == 201
+    mixed = json.dumps({**json.loads(INT8), "int8_float_layers": 1})
+    other = client.post("/convert", **form(checkpoint, images(), serving=mixed))
+    assert other.status_code == 409, other.text
+    assert client.get("/models/tiny/versions/2").status_code == 404
