@@ -11,14 +11,23 @@ conversion quantizes on 48 of them and measures the top-1 agreement with the flo
 other 16 (the gate is set to 0 here: this script reports the agreement, it does not refuse).
 Agreement is also measured on the 12 photographs themselves (centre crops, never calibrated on).
 
-Timing: the three served as the service serves them (``load_for_serving`` on the saved artifact
-folder, warmed up): torch fp32 (eager, channels_last, inference_mode), onnxruntime fp32 and
-onnxruntime int8, called with the same float32 NCHW batch, interleaved round by round in one
-process; medians of each and the medians of the per-round ratios (fp32 time / int8 time: > 1 means
-int8 is faster). The load average before and after is recorded.
+Mixed precision (``serving.int8_float_layers``): for each count K of ``--float-layers`` (default 0 1
+2 4 8), ``quantize_gated`` keeps the K layers the quantization report ranks worst in float32 and
+measures the model as the gate does (held-out crops: top-1 agreement and logits error); the
+photographs' agreement is measured too, and every K model is timed with the others.
+
+Timing: every net served as the service serves it (``load_for_serving`` on the saved artifact
+folder, warmed up; the mixed-precision models through the same ``prepare_for_serving``): torch fp32
+(eager, channels_last, inference_mode), onnxruntime fp32, onnxruntime int8 and int8 with K layers
+float, called with the same float32 NCHW batch, interleaved round by round in one process; medians
+of each and the medians of the per-round ratios (time / full-int8 time: > 1 means full int8 is
+faster; onnxruntime fp32 time / time: the speedup over float32 in the same runtime). The load
+average before and after is recorded.
 
 Usage: python benchmarks/int8_bench.py [--family repvgg|qarepvgg] [--batches 1 8] [--repeats 30]
-[--threads N]. Writes benchmarks/results/int8_bench_cpu_<family>.json and prints the table.
+[--threads N] [--float-layers 0 1 2 4 8] [--named LAYER ...] (one more model with those layers
+float32). Writes benchmarks/results/int8_bench_cpu_<family>.json
+and prints the tables.
 """
 
 from __future__ import annotations
@@ -44,9 +53,11 @@ from reparam_core.deploy import (
     ServingModel,
     cpu_capabilities,
     load_for_serving,
+    prepare_for_serving,
     runtime_versions,
     warmup_batch_sizes,
 )
+from reparam_core.quantization import quantize_gated, split_calibration
 from service.images import image_to_pixels
 
 CALIBRATION = 64
@@ -84,6 +95,11 @@ def calibrated(family: str, photos: torch.Tensor) -> torch.nn.Module:
     return calibrate_statistics(model, photos, model.head.fc)
 
 
+def mixed_name(option: int | list[str]) -> str:
+    count = option if isinstance(option, int) else " + ".join(option)
+    return f"onnxruntime int8, {count} float"
+
+
 def agreement(served: ServingModel, x: torch.Tensor, reference: torch.Tensor) -> float:
     with torch.inference_mode():
         got = torch.cat([served.logits(row.unsqueeze(0)).float() for row in x])
@@ -96,6 +112,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--float-layers", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    parser.add_argument("--named", nargs="+", default=[], metavar="LAYER", help="also these layers float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -113,10 +131,23 @@ def main() -> None:
     assert int8 is not None and quantization is not None
     with torch.inference_mode():
         reference = copy.deepcopy(result.deploy_model)(centre.contiguous())
+    assert result.onnx is not None
+    fit, held_out = split_calibration(calibration)
+    mixed, mixed_models = [], {}
+    options: list[int | list[str]] = [k for k in args.float_layers if k > 0]
+    for option in options + ([args.named] if args.named else []):
+        model_bytes, report = quantize_gated(
+            result.onnx, result.deploy_model, quantization, fit, held_out, 0.0, option
+        )
+        mixed.append({"float_layers": option, "int8": report.model_dump()})
+        mixed_models[mixed_name(option)] = model_bytes
     with tempfile.TemporaryDirectory() as scratch:
         result.save(Path(scratch) / "a0", export=False)
         sizes = warmup_batch_sizes(max(args.batches))
         served = {name: load_for_serving(Path(scratch) / "a0", o, "cpu", sizes) for name, o in SERVED.items()}
+        int8_options = SERVED["onnxruntime int8"]
+        for name, model_bytes in mixed_models.items():
+            served[name] = prepare_for_serving(model_bytes, result.deploy_spec, int8_options, "cpu", sizes)
         photos_top1 = {
             name: agreement(model, centre.contiguous(), reference) for name, model in served.items()
         }
@@ -124,7 +155,9 @@ def main() -> None:
     payload = {
         "benchmark": "int8_bench",
         "model": f"{args.family} A0 (random weights, BatchNorm calibrated on the 12 photographs)",
-        "command": f"python benchmarks/int8_bench.py --family {args.family}",
+        "command": f"python benchmarks/int8_bench.py --family {args.family} --float-layers "
+        + " ".join(map(str, args.float_layers))
+        + (f" --named {' '.join(args.named)}" if args.named else ""),
         "environment": {**environment(), "cpu_capabilities": cpu_capabilities().model_dump()},
         "runtimes": runtime_versions(),
         "batches": args.batches,
@@ -134,6 +167,7 @@ def main() -> None:
         "conversion_s": round(conversion_s, 2),
         "conversion_timings": result.timings,
         "int8": int8.model_dump(),
+        "mixed_precision": mixed,
         "top1_agreement_with_fp32_on_photographs": photos_top1,
         "quantization": {
             "worst_layers": quantization.worst_layers,
@@ -171,13 +205,16 @@ def time_rounds(served: dict[str, ServingModel], batches: list[int], repeats: in
                     start = time.perf_counter()
                     model.logits(x)
                     times[name].append(time.perf_counter() - start)
-        int8 = times["onnxruntime int8"]
+        int8, fp32 = times["onnxruntime int8"], times["onnxruntime fp32"]
         out[str(batch)] = {
             name: {
                 "median_s": statistics.median(values),
                 "images_per_s": batch / statistics.median(values),
                 "int8_speedup_median_of_rounds": statistics.median(
                     [t / q for t, q in zip(values, int8, strict=True)]
+                ),
+                "speedup_over_onnxruntime_fp32_median_of_rounds": statistics.median(
+                    [f / t for f, t in zip(fp32, values, strict=True)]
                 ),
             }
             for name, values in times.items()
@@ -203,6 +240,25 @@ def print_table(payload: dict[str, Any]) -> None:
         f"{int8['logits_rel_error']:.3e}; worst layers {payload['quantization']['worst_layers']}; load "
         f"{payload['load_average_1_5_15min']}"
     )
+    print(
+        "| float32 layers | held-out agreement | held-out logits error | photographs agreement |"
+        + "".join(f" batch {b}: ms, x onnxruntime fp32 |" for b in batches)
+    )
+    rows = [("onnxruntime int8", int8)]
+    rows += [(mixed_name(m["float_layers"]), m["int8"]) for m in payload["mixed_precision"]]
+    for name, report in rows:
+        layers = ", ".join(report["float_layers"]) or "none"
+        photos = payload["top1_agreement_with_fp32_on_photographs"][name]
+        line = (
+            f"| {len(report['float_layers'])} ({layers}) | {report['top1_agreement']:.3f} | "
+            f"{report['logits_rel_error']:.3f} | {photos:.2f} |"
+        )
+        for b in batches:
+            t = payload["timings"][str(b)][name]
+            line += (
+                f" {1e3 * t['median_s']:.1f}, {t['speedup_over_onnxruntime_fp32_median_of_rounds']:.2f}x |"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def _conversion_options(cmd: argparse.ArgumentParser) -> None:
         default=None,
         metavar="JSON",
         help='also check the net as it would be served, e.g. \'{"precision": "fp16", "compile": true}\' '
-        "(fields as in POST /convert; the result is the report's 'serving' section)",
+        "(fields as in POST /convert; the result is the report's 'serving' section; precision int8 with "
+        "int8_float_layers N, \"auto\" or layer names keeps layers float32, see the report's 'int8')",
     )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -305,6 +306,12 @@ def _quantization_line(name: str, report: dict[str, Any]) -> str:
             f"; model.int8.onnx top-1 agreement {int8['top1_agreement']:.3f} on {int8['held_out_samples']} "
             "held-out inputs"
         )
+        if int8.get("float_layers"):
+            every = int8["trials"][0]
+            line += (
+                f" with {', '.join(int8['float_layers'])} kept float32 (every layer int8: "
+                f"{every['top1_agreement']:.3f})"
+            )
     return line
 
 

@@ -47,9 +47,10 @@ from .gate import ServingReport, check_onnx, check_reference, check_serving, run
 from .quantization import (
     Int8Report,
     QuantizationReport,
-    check_int8,
+    check_float_layers,
+    fused_layers,
     quantization_report,
-    quantize_onnx,
+    quantize_gated,
     read_calibration,
     split_calibration,
 )
@@ -185,7 +186,8 @@ def convert(
     ``model.onnx`` statically (``result.onnx_int8``, saved as ``model.int8.onnx``), calibrated on
     three quarters of those inputs (or, without them, of the reference's inputs), and holds it to
     ``serving.int8_min_agreement`` top-1 agreement with the float32 net on the other quarter
-    (``report.int8``)."""
+    (``report.int8``); ``serving.int8_float_layers`` keeps the layers the quantization report ranks
+    worst in float32 (mixed precision)."""
     timer = _Timer(progress)
     target = resolve_device(device)
     with intra_op_threads():  # memory-bound stages: see reparam_core.threads
@@ -219,6 +221,8 @@ def convert(
         with timer.stage("assemble"):
             deploy_spec = model.deploy_spec(meta={"arch_spec": arch.model_dump(mode="json")})
             stored = _storage_model(deploy_spec, fused)
+            if serving is not None and serving.precision == "int8":  # before the report's minute
+                check_float_layers(serving.int8_float_layers, [n for n, _ in fused_layers(stored)])
     fp64: list[EquivalenceReport] = []
     fp32 = fp32_train = stored_weights = served = against_reference = onnx_check = None
     onnx_model = None
@@ -229,13 +233,24 @@ def convert(
     if inputs is not None:
         with timer.stage("quantization"):
             quantization = quantization_report(stored, inputs)
-    if serving is not None and serving.precision == "int8" and inputs is not None and onnx_model:
+    if (
+        serving is not None
+        and serving.precision == "int8"
+        and inputs is not None
+        and quantization is not None
+        and onnx_model
+    ):
         with timer.stage("int8"):
             fit, held_out = split_calibration(inputs)
-            started = time.perf_counter()
-            onnx_int8 = quantize_onnx(onnx_model, fit)
-            seconds = time.perf_counter() - started
-            int8 = check_int8(onnx_int8, stored, len(fit), held_out, serving.int8_min_agreement, seconds)
+            onnx_int8, int8 = quantize_gated(
+                onnx_model,
+                stored,
+                quantization,
+                fit,
+                held_out,
+                serving.int8_min_agreement,
+                serving.int8_float_layers,
+            )
     if validate:
         with timer.stage("validate"):
             gate = run_gate(model, stored, target, tolerance, seed)
@@ -336,6 +351,12 @@ def _int8_failure(int8: Int8Report, quantization: QuantizationReport | None) -> 
         f"int8 top-1 agreement with the float32 net {int8.top1_agreement:.3f} < {int8.min_agreement:g} "
         f"on {int8.held_out_samples} held-out inputs (logits relative error {int8.logits_rel_error:.3e})"
     )
+    if int8.float_layers:
+        every = int8.trials[0]
+        message += (
+            f" with {', '.join(int8.float_layers)} kept float32 (int8_float_layers "
+            f"{int8.float_layers_option}; every layer int8: agreement {every.top1_agreement:.3f})"
+        )
     if quantization is not None:
         worst = ", ".join(
             f"{name} (alone in int8: logits error {layer.int8.logits_rel_error:.3e}, weight outlier "

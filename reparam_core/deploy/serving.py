@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 
 from ..equivalence import random_input, set_tf32
@@ -39,6 +40,9 @@ from .tracing import TRACING
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+MAX_INT8_FLOAT_LAYERS = 8  # int8_float_layers: at most this many fused layers kept float32 ("auto" too)
+# a fused layer, as the quantization report names it
+LAYER_NAME = re.compile(r"stem|stages\.\d{1,3}\.\d{1,4}")
 SERVING_FILE = "serving.json"  # the options, next to the weights, where a server reads them
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What each runtime serves. ONNX Runtime's CPU execution provider has no bf16 convolution kernels
@@ -64,7 +68,11 @@ class ServingOptions(BaseModel):
     three; onnxruntime: fp32, int8; openvino: fp32, bf16 through its inference precision hint). bf16
     on the CPU needs native bf16 (``avx512_bf16`` or AMX) and is refused elsewhere. int8 serves
     ``model.int8.onnx``, quantized at conversion on calibration inputs and refused there when its
-    top-1 agreement with the float32 net on held-out inputs is below ``int8_min_agreement``. The
+    top-1 agreement with the float32 net on held-out inputs is below ``int8_min_agreement``;
+    ``int8_float_layers`` N keeps the N layers with the largest INT8 error alone (the quantization
+    report's ranking) in float32, ``"auto"`` the fewest that pass the agreement gate (at most
+    ``MAX_INT8_FLOAT_LAYERS``), a list of layer names those layers
+    (:func:`reparam_core.quantization.quantize_gated`). The
     options below apply to runtime torch: ``channels_last``: NHWC memory format (faster on CPU
     oneDNN and on tensor cores). ``inference_mode``: ``torch.inference_mode`` rather than
     ``torch.no_grad``. ``compile``: ``torch.compile`` with ``compile_mode`` (needs a C++ compiler on
@@ -83,6 +91,23 @@ class ServingOptions(BaseModel):
     compile_mode: CompileMode = "default"
     warmup_iterations: int = Field(default=2, ge=0, le=100)
     int8_min_agreement: float = Field(default=0.99, ge=0, le=1)
+    int8_float_layers: int | Literal["auto"] | list[str] = 0
+
+    @field_validator("int8_float_layers", mode="before")
+    @classmethod
+    def _float_layers_bounded(cls, value: Any) -> Any:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value == "auto" or (whole and 0 <= value <= MAX_INT8_FLOAT_LAYERS):
+            return value
+        if isinstance(value, list) and 1 <= len(value) <= MAX_INT8_FLOAT_LAYERS:
+            names = [v for v in value if isinstance(v, str) and LAYER_NAME.fullmatch(v)]
+            if len(names) == len(value) and len(set(names)) == len(names):
+                return value
+        raise ValueError(
+            f"an integer 0-{MAX_INT8_FLOAT_LAYERS} (that many of the layers with the largest INT8 error "
+            f'kept float32), "auto", or a list of 1-{MAX_INT8_FLOAT_LAYERS} distinct layer names (stem, '
+            f"stages.S.I), not {repr(value)[:200]}"
+        )
 
     @model_validator(mode="after")
     def _runtime_serves_it(self) -> ServingOptions:
@@ -90,6 +115,11 @@ class ServingOptions(BaseModel):
             raise ValueError(
                 f"runtime {self.runtime} does not serve precision {self.precision}; "
                 f"valid combinations: {valid_combinations()}"
+            )
+        if self.int8_float_layers != 0 and self.precision != "int8":
+            raise ValueError(
+                f"int8_float_layers {self.int8_float_layers!r} keeps layers of model.int8.onnx in float32: "
+                f"it needs precision int8 (runtime onnxruntime), not {self.precision}"
             )
         if self.compile and self.runtime != "torch":
             raise ValueError(f"compile is torch.compile: runtime {self.runtime} has no compile option")

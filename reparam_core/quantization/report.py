@@ -132,7 +132,7 @@ def quantization_report(net: PlainNet, calibration: Tensor, chunk: int = CHUNK) 
             f"[N, {net.spec.in_channels}, H, W], N >= 1"
         )
     model = copy.deepcopy(net).float().eval().cpu()
-    layers = _layers(model)
+    layers = fused_layers(model)
     chunks = calibration.detach().float().cpu().split(chunk)
     generator = torch.Generator().manual_seed(0)
     inputs = {name: _Range() for name, _ in layers}
@@ -165,7 +165,8 @@ def quantization_report(net: PlainNet, calibration: Tensor, chunk: int = CHUNK) 
     )
 
 
-def _layers(model: PlainNet) -> list[tuple[str, FusedConv]]:
+def fused_layers(model: PlainNet) -> list[tuple[str, FusedConv]]:
+    """The net's fused conv layers in order: ``stem``, ``stages.S.I``."""
     named: list[tuple[str, nn.Module]] = [("stem", model.stem)]
     for s, stage in enumerate(model.stages):
         named += [(f"stages.{s}.{i}", block) for i, block in enumerate(cast(nn.Sequential, stage))]

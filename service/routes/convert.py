@@ -192,7 +192,7 @@ async def convert_checkpoint(
             description='serving options, JSON (text or a file), e.g. {"precision": "fp16", '
             '"channels_last": true, "compile": true}; fields: runtime (torch|onnxruntime|openvino), '
             "precision (fp32|fp16|bf16|int8), channels_last, inference_mode, compile, compile_mode, "
-            "warmup_iterations, int8_min_agreement"
+            "warmup_iterations, int8_min_agreement, int8_float_layers (0-8|auto|[layer names])"
         ),
     ] = None,
     weights: Annotated[

@@ -4,18 +4,21 @@ agreement gate refuses the net it breaks and passes a normal one, and model.int8
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from reparam_core import EquivalenceError, ServingOptions, SpecError, convert
+from reparam_core import ConversionError, EquivalenceError, ServingOptions, SpecError, convert
 from reparam_core.cli import main
-from reparam_core.deploy import ONNX, ONNX_INT8, load_for_serving
+from reparam_core.deploy import ONNX, ONNX_INT8, load_for_serving, parse_serving
 from reparam_core.deploy.runtimes import onnx_runner
-from reparam_core.quantization import quantization_report, split_calibration
+from reparam_core.quantization import float_nodes, quantization_report, split_calibration
 from reparam_core.quantization.report import fake_quant_weight
 from tests.helpers import TINY, state_of
 
@@ -174,3 +177,159 @@ def test_cli_writes_the_quantization_report(tmp_path: Path, capsys: pytest.Captu
         [*args, "--out", str(tmp_path / "o2"), "--calibration", str(tmp_path / "none.safetensors")]
     )
     assert missing == 2
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_the_planted_layer_kept_float_passes_the_gate_and_is_served(tmp_path: Path) -> None:
+    """int8_float_layers 1: the report's worst layer, the planted one, stays float32 in
+    model.int8.onnx (its Conv reads its float32 weights, no QuantizeLinear/DequantizeLinear around
+    them, and its output reaches the float classifier unquantized), the rest is INT8, and the net that
+    full INT8 breaks passes the gate."""
+    options = INT8.model_copy(update={"int8_float_layers": 1})
+    result = convert(TINY, planted(), calibration=inputs(), serving=options)
+    int8, quantization = result.report.int8, result.report.quantization
+    assert int8 is not None and quantization is not None and result.onnx_int8 is not None
+    assert int8.passed and int8.float_layers == ["stages.1.0"] == quantization.worst_layers[:1]
+    every, mixed = int8.trials
+    assert every.float_layers == [] and not every.passed and every.top1_agreement < 0.99
+    assert mixed.passed and (mixed.top1_agreement, mixed.logits_rel_error) == (
+        int8.top1_agreement,
+        int8.logits_rel_error,
+    )
+    assert mixed.logits_rel_error < every.logits_rel_error / 5
+
+    model = onnx.load_model_from_string(result.onnx_int8)
+    producers = _producers(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    convs = {
+        node.input[1].removesuffix("_DequantizeLinear_Output"): node
+        for node in model.graph.node
+        if node.op_type == "Conv"
+    }
+    for name in ("stem", "stages.0.0", "stages.0.1"):  # quantized: int8 weights through DequantizeLinear
+        weight = convs[f"{name}.conv.weight"].input[1]
+        assert producers[weight].op_type == "DequantizeLinear"
+        assert initializers[producers[weight].input[0]].data_type == onnx.TensorProto.INT8
+    planted_conv = convs["stages.1.0.conv.weight"]
+    assert planted_conv.input[1] == "stages.1.0.conv.weight" and planted_conv.input[1] not in producers
+    stored = torch.from_numpy(onnx.numpy_helper.to_array(initializers[planted_conv.input[1]]).copy())
+    assert torch.equal(stored, result.deploy_model.get_submodule("stages.1.0").conv.weight.detach())
+    quantize_inputs = {
+        name for node in model.graph.node if node.op_type == "QuantizeLinear" for name in node.input
+    }
+    assert "stages.1.0.conv.weight" not in quantize_inputs
+    relu = next(node for node in model.graph.node if planted_conv.output[0] in node.input)
+    assert relu.op_type == "Relu" and not {*planted_conv.output, *relu.output} & quantize_inputs
+    gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+    assert all(
+        producers.get(name) is None or producers[name].op_type != "DequantizeLinear" for name in gemm.input
+    )
+
+    result.save(tmp_path / "out", export=False)
+    stored_report = json.loads((tmp_path / "out" / "report.json").read_text())["report"]["int8"]
+    assert stored_report["float_layers"] == ["stages.1.0"] and len(stored_report["trials"]) == 2
+    served = load_for_serving(tmp_path / "out", options, "cpu", (1,))
+    x = inputs(16, seed=7)
+    expected = onnx_runner("onnxruntime", result.onnx_int8, "int8")(x)
+    assert torch.equal(served.logits(x), expected)
+    with torch.no_grad():
+        fp32 = result.deploy_model(x)
+    assert float((expected - fp32).norm() / fp32.norm()) < every.logits_rel_error / 5
+
+
+def test_auto_keeps_the_fewest_worst_layers_that_pass() -> None:
+    auto = INT8.model_copy(update={"int8_float_layers": "auto"})
+    planted_net = convert(TINY, planted(), calibration=inputs(), serving=auto).report.int8
+    assert planted_net is not None and planted_net.passed and planted_net.float_layers_option == "auto"
+    assert [trial.float_layers for trial in planted_net.trials] == [[], ["stages.1.0"]]
+    assert planted_net.float_layers == ["stages.1.0"]
+    normal = convert(TINY, state_of(TINY, 2), calibration=inputs(), serving=auto).report.int8
+    assert normal is not None and normal.passed and normal.float_layers == [] and len(normal.trials) == 1
+
+
+def test_float_nodes_are_the_layer_up_to_the_next_conv() -> None:
+    onnx_model = convert(TINY, state_of(TINY, 2), validate=False, onnx=True).onnx
+    assert onnx_model is not None
+    nodes = {node.name: node.op_type for node in onnx.load_model_from_string(onnx_model).graph.node}
+    assert [nodes[n] for n in float_nodes(onnx_model, ["stages.0.1"])] == ["Conv", "Relu"]
+    assert [nodes[n] for n in float_nodes(onnx_model, ["stages.1.0"])] == [
+        "Conv",
+        "Relu",
+        "ReduceMean",
+        "Gemm",
+    ]
+    assert len(float_nodes(onnx_model, ["stem", "stages.0.0"])) == 4
+    with pytest.raises(ConversionError, match=r"no Conv node of layer stages\.9\.9"):
+        float_nodes(onnx_model, ["stages.9.9"])
+
+
+@pytest.mark.parametrize(
+    "value", [-1, 9, "all", True, 1.5, None, [], ["stem", "stem"], ["stages.x"], [1], ["stem"] * 9]
+)
+def test_int8_float_layers_is_bounded(value: object) -> None:
+    message = r"serving.int8_float_layers: an integer 0-8 .*, \"auto\", or a list of 1-8 distinct layer names"
+    with pytest.raises(SpecError, match=message):
+        parse_serving({"runtime": "onnxruntime", "precision": "int8", "int8_float_layers": value})
+
+
+def test_int8_float_layers_needs_int8_and_a_layer_left_to_quantize() -> None:
+    with pytest.raises(SpecError, match=r"int8_float_layers 2 .* needs precision int8"):
+        parse_serving({"runtime": "onnxruntime", "int8_float_layers": 2})
+    assert (
+        parse_serving(
+            {"runtime": "onnxruntime", "precision": "int8", "int8_float_layers": 8}
+        ).int8_float_layers
+        == 8
+    )
+    steps: list[str] = []
+    with pytest.raises(SpecError, match="this net has 4 fused layers, so at most 3 can stay float32"):
+        convert(
+            TINY,
+            state_of(TINY),
+            calibration=inputs(),
+            serving=INT8.model_copy(update={"int8_float_layers": 4}),
+            progress=steps.append,
+        )
+    assert "quantization" not in steps  # refused before the report's forward passes
+    with pytest.raises(
+        SpecError, match=r"this net has no layer stages\.2\.0; its fused layers: stem, stages\.0\.0"
+    ):
+        convert(
+            TINY,
+            state_of(TINY),
+            calibration=inputs(),
+            serving=INT8.model_copy(update={"int8_float_layers": ["stages.1.0", "stages.2.0"]}),
+        )
+
+
+def test_named_layers_kept_float() -> None:
+    named = INT8.model_copy(update={"int8_float_layers": ["stages.0.0", "stages.1.0"]})
+    int8 = convert(TINY, planted(), calibration=inputs(), serving=named).report.int8
+    assert int8 is not None and int8.passed and int8.float_layers == ["stages.0.0", "stages.1.0"]
+    assert [trial.float_layers for trial in int8.trials] == [[], ["stages.0.0", "stages.1.0"]]
+    assert not int8.trials[0].passed
+    other = INT8.model_copy(update={"int8_float_layers": ["stages.0.0"]})
+    with pytest.raises(
+        EquivalenceError, match=r"with stages\.0\.0 kept float32 \(int8_float_layers \['stages\.0\.0'\]"
+    ):
+        convert(TINY, planted(), calibration=inputs(), serving=other)
+
+
+def test_cli_names_the_layers_kept_float(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint, calibration = tmp_path / "planted.pt", tmp_path / "calibration.safetensors"
+    torch.save(planted(), checkpoint)
+    save_file({"inputs": inputs()}, str(calibration))
+    serving = json.dumps({"runtime": "onnxruntime", "precision": "int8", "int8_float_layers": "auto"})
+    args = ["convert", "--checkpoint", str(checkpoint), "--spec", json.dumps(TINY), "--no-export"]
+    code = main(
+        [*args, "--out", str(tmp_path / "out"), "--calibration", str(calibration), "--serving", serving]
+    )
+    assert code == 0
+    assert re.search(
+        r"with stages\.1\.0 kept float32 \(every layer int8: 0\.\d{3}\)", capsys.readouterr().out
+    )
+    int8 = json.loads((tmp_path / "out" / "report.json").read_text())["report"]["int8"]
+    assert int8["float_layers"] == ["stages.1.0"] and int8["float_layers_option"] == "auto"

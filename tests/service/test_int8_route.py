@@ -58,17 +58,60 @@ def test_calibration_images_alone_add_the_report(client: TestClient, checkpoint:
     assert report["quantization"]["samples"] == 4 and report["int8"] is None
 
 
-def test_a_net_int8_breaks_is_refused_and_nothing_is_stored(client: TestClient, tmp_path: Path) -> None:
+def planted() -> dict[str, torch.Tensor]:
     state = state_of(SERVICE_SPEC)
     state["stages.1.0.conv_kxk.conv.weight"][0] *= 300  # a channel the classifier ignores
     state["head.fc.weight"][:, 0] = 0
+    return state
+
+
+def test_a_net_int8_breaks_is_refused_and_nothing_is_stored(client: TestClient, tmp_path: Path) -> None:
     checkpoint = tmp_path / "planted.pt"
-    torch.save(state, checkpoint)
+    torch.save(planted(), checkpoint)
     response = client.post("/convert", **form(checkpoint, images()))
     assert response.status_code == 422, response.text
     body = response.json()
     assert "int8 top-1 agreement" in body["detail"] and "worst layers: stages.1.0" in body["detail"]
     assert body["report"]["quantization"]["worst_layers"][0] == "stages.1.0"
+    assert client.get("/models/tiny").status_code == 404
+
+
+def test_the_planted_layer_kept_float_is_served(client: TestClient, tmp_path: Path) -> None:
+    """The net full INT8 breaks, with its worst layer kept float32 (int8_float_layers 1): stored,
+    the report saying which layer stayed float and what full INT8 measured, served from that
+    model.int8.onnx."""
+    checkpoint = tmp_path / "planted.pt"
+    torch.save(planted(), checkpoint)
+    mixed = json.dumps({**json.loads(INT8), "int8_float_layers": 1})
+    response = client.post("/convert", **form(checkpoint, images(), serving=mixed))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    int8 = body["report"]["int8"]
+    assert int8["passed"] and int8["float_layers"] == ["stages.1.0"] and int8["float_layers_option"] == 1
+    assert [trial["passed"] for trial in int8["trials"]] == [False, True]
+    assert body["report"]["quantization"]["worst_layers"][0] == "stages.1.0"
+    image = png_bytes(seed=7)
+    answer = client.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200
+    folder = client.app.state.artifacts.local_path(body["digest"])  # type: ignore[attr-defined]
+    x = model_input(image, SERVICE_SPEC["preprocess"]).contiguous()
+    expected = torch.softmax(onnx_runner("onnxruntime", (folder / ONNX_INT8).read_bytes(), "int8")(x), 1)[0]
+    for item in answer.json()["predictions"][0]:
+        assert abs(item["probability"] - float(expected[item["index"]])) < 1e-5
+
+
+def test_bad_int8_float_layers_are_refused(client: TestClient, checkpoint: Path) -> None:
+    for value, message in [
+        (-1, "serving.int8_float_layers: an integer 0-8 (that many of the layers with the largest INT8"),
+        (["stages.9.0"], "this net has no layer stages.9.0"),
+        ("all", "not 'all'"),
+        (4, "this net has 4 fused layers, so at most 3 can stay float32"),
+    ]:
+        serving = json.dumps({**json.loads(INT8), "int8_float_layers": value})
+        response = client.post("/convert", **form(checkpoint, images(), serving=serving))
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+    fp32 = client.post("/convert", **form(checkpoint, images(), serving='{"int8_float_layers": "auto"}'))
+    assert fp32.status_code == 422 and "needs precision int8" in fp32.json()["detail"]
     assert client.get("/models/tiny").status_code == 404
 
 
@@ -96,3 +139,13 @@ def test_other_calibration_images_for_the_same_weights_are_a_conflict(
     assert client.post("/convert", **again).status_code == 201
     assert client.get("/models/tiny/versions/2").status_code == 200
     assert client.get("/models/tiny/versions/3").status_code == 404
+
+
+def test_other_float_layers_for_the_same_weights_are_a_conflict(client: TestClient, checkpoint: Path) -> None:
+    """Another int8_float_layers is another model.int8.onnx for the same weights' shared folder:
+    refused (409) like other calibration inputs, the first version left as it was."""
+    assert client.post("/convert", **form(checkpoint, images())).status_code == 201
+    mixed = json.dumps({**json.loads(INT8), "int8_float_layers": 1})
+    other = client.post("/convert", **form(checkpoint, images(), serving=mixed))
+    assert other.status_code == 409, other.text
+    assert client.get("/models/tiny/versions/2").status_code == 404
