@@ -337,13 +337,15 @@ class Conversions:
 
     def _check_int8_file(self, digest: str, onnx_int8: bytes) -> None:
         """Versions of the same weights share one artifact folder, so one ``model.int8.onnx``: a
-        quantization of them from other calibration inputs is refused (409), not served in its place."""
+        quantization of them from other calibration inputs or other ``int8_float_layers`` is refused
+        (409), not served in its place."""
         stored = self.artifacts.local_path(digest) / ONNX_INT8
         if sha256_file(stored) != hashlib.sha256(onnx_int8).hexdigest():
             raise Conflict(
-                "these weights were quantized to int8 before, on other calibration inputs: an earlier "
-                "version serves that model.int8.onnx. Convert with the same calibration images (or "
-                "reference) as before, or serve this one in another precision"
+                "these weights were quantized to int8 before, on other calibration inputs or with other "
+                "int8_float_layers: an earlier version serves that model.int8.onnx. Convert with the same "
+                "calibration images (or reference) and int8 options as before, or serve this one in "
+                "another precision"
             )
 
     def _forget(self, record: VersionRecord) -> None:

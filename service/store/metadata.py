@@ -126,8 +126,9 @@ class _AliasMove(_Base):
 
 
 # Serving fields added after versions were first stored, with their default: left out of the digest
-# at that default, so an identical request still finds a version stored before the field existed.
-LATER_DEFAULTS = {"runtime": "torch"}
+# at that default, so an identical request still finds a version stored before the field existed
+# (revision 0004 computed every stored digest so; a new field needs such a revision too).
+LATER_DEFAULTS = {"runtime": "torch", "int8_min_agreement": 0.99, "int8_float_layers": 0}
 
 
 def serving_digest(serving: dict[str, Any]) -> str:

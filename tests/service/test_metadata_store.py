@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from reparam_core.deploy import ServingOptions
 from service.cli import add_db_command
 from service.store import MetadataStore, schema
-from service.store.metadata import _Base
+from service.store.metadata import LATER_DEFAULTS, _Base, serving_digest
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.databases
@@ -232,3 +234,42 @@ def test_aliases_move_and_are_recorded(database_url: str) -> None:
     assert store.aliases("m") == {}
     moves = [(m.from_version, m.to_version, m.moved_by) for m in store.alias_history("m", "prod")]
     assert moves == [(None, 1, "alice"), (1, 2, "bob"), (2, None, "deleting v2")]
+
+
+def test_every_serving_option_added_since_the_first_release_leaves_the_digest_at_its_default() -> None:
+    """A serving option added later must not change the digest of a request that leaves it at its
+    default: else an identical conversion no longer finds the version an older release stored."""
+    revision = importlib.import_module("service.store.migrations.versions.0004_canonical_serving_digests")
+    added = {k: v for k, v in DEFAULTS.items() if k not in revision.FIRST_RELEASE_DEFAULTS}
+    assert LATER_DEFAULTS == added == revision.AFTER
+    assert serving_digest(DEFAULTS) == serving_digest(revision.FIRST_RELEASE_DEFAULTS)
+
+
+def test_revision_0004_makes_stored_digests_canonical_and_keeps_the_first_of_duplicates(
+    database_url: str,
+) -> None:
+    store = MetadataStore(database_url)
+    with store.engine.begin() as connection:
+        command.downgrade(schema._config(connection), "0003")
+    before_int8 = {k: v for k, v in DEFAULTS.items() if not k.startswith("int8_")}
+    store.add_version("m", "d" * 64, "c", "s", {}, {}, {}, before_int8)  # a release before INT8
+    with store.engine.begin() as connection:  # the same conversion, stored by the INT8 release
+        connection.execute(
+            sa.text(
+                "INSERT INTO versions (name, version, digest, checkpoint_sha256, spec_sha256, spec, report,"
+                " timings, serving, serving_sha256, created_at) SELECT name, 2, digest, checkpoint_sha256,"
+                " spec_sha256, spec, report, timings, :serving, :digest, created_at FROM versions"
+            ),
+            {"serving": json.dumps(DEFAULTS), "digest": "0" * 64},
+        )
+        connection.execute(sa.text("UPDATE models SET last_version = 2"))
+        command.upgrade(schema._config(connection), "head")
+    store.engine.dispose()
+    store = MetadataStore(database_url)
+    found = store.find_duplicate("m", "c", "s", DEFAULTS)
+    assert found is not None and found.version == 1
+    assert store.find_duplicate("m", "c", "s", before_int8) == found
+    with store.engine.connect() as connection:
+        digests = connection.execute(sa.text("SELECT version, serving_sha256 FROM versions")).all()
+    assert sorted(digests) == [(1, serving_digest(DEFAULTS)), (2, None)]
+    store.engine.dispose()
