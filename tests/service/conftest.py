@@ -6,6 +6,7 @@ twice: on SQLite and on a throwaway PostgreSQL server (skipped with one reason w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -13,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -143,3 +145,27 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"reparam-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """A conversion held in its worker: ``inside`` is set once it is there, it goes on at ``release``."""
+
+    inside: threading.Event
+    release: threading.Event
+
+
+@pytest.fixture()
+def held_conversion(monkeypatch: pytest.MonkeyPatch) -> Held:
+    """Every conversion waits inside its worker until the test releases it (30 s at most)."""
+    from reparam_core import convert
+
+    held = Held(threading.Event(), threading.Event())
+
+    def held_convert(*args: Any, **kwargs: Any) -> Any:
+        held.inside.set()
+        held.release.wait(timeout=30)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr("service.jobs.conversions.convert", held_convert)
+    return held

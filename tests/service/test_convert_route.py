@@ -11,11 +11,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from reparam_core import build_train_model, convert, make_reference
+from reparam_core import build_train_model, make_reference
 from service.app import create_app
 from service.config import Settings
 from tests.helpers import SERVICE_SPEC as SPEC
 from tests.helpers import convert_form, randomize_, state_of, wait_for
+from tests.service.conftest import Held
 
 
 def stored_files(settings: Settings) -> list[Path]:
@@ -216,18 +217,11 @@ def test_a_failed_job_says_which_stage_it_failed_in(
 
 
 def test_a_running_conversion_does_not_block_other_requests(
-    client: TestClient, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, checkpoint: Path, held_conversion: Held
 ) -> None:
     """The conversion is held inside its worker until /healthz has answered: if it ran on the event
     loop, /healthz could only answer after the hold timed out, and the job would be over by then."""
-    started, release = threading.Event(), threading.Event()
-
-    def held_convert(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        release.wait(timeout=30)
-        return convert(*args, **kwargs)
-
-    monkeypatch.setattr("service.jobs.conversions.convert", held_convert)
+    started, release = held_conversion.inside, held_conversion.release
     accepted = client.post("/convert?wait=false", **convert_form(checkpoint))
     assert accepted.status_code == 202
     assert started.wait(timeout=30), "the conversion never started"

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +28,7 @@ from service.store import LocalArtifactStore, MetadataStore
 from service.store.job_inputs import LocalJobInputs
 from service.store.metadata import _Job
 from tests.helpers import SERVICE_SPEC, convert_form, png_bytes, wait_for, wait_ready
+from tests.service.conftest import Held
 
 pytestmark = pytest.mark.databases
 IMAGE = {"content": png_bytes(), "headers": {"Content-Type": "image/png"}}
@@ -108,17 +108,10 @@ def test_a_job_whose_replica_died_is_completed_by_the_next_start(
 
 
 def test_a_graceful_stop_queues_the_job_again_and_the_next_start_runs_it(
-    settings: Settings, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, checkpoint: Path, held_conversion: Held, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = quick(settings)
-    inside, release = threading.Event(), threading.Event()
-
-    def held_convert(*args: Any, **kwargs: Any) -> Any:
-        inside.set()
-        release.wait(timeout=30)
-        return convert(*args, **kwargs)
-
-    monkeypatch.setattr("service.jobs.conversions.convert", held_convert)
+    inside, release = held_conversion.inside, held_conversion.release
     with TestClient(create_app(settings)) as client:
         job_id = client.post("/convert?wait=false", **convert_form(checkpoint)).json()["job"]
         assert inside.wait(timeout=30)

@@ -39,16 +39,23 @@ def test_int8_version_serves_the_quantized_model(client: TestClient, checkpoint:
     assert {"quantization", "int8"} <= set(body["timings"])
     stored = client.get("/models/tiny/versions/1").json()
     assert stored["report"]["quantization"] == report["quantization"]
+    expected, x, folder = assert_served_from_int8_file(client, body["digest"])
+    fp32 = torch.softmax(onnx_runner("onnxruntime", (folder / ONNX).read_bytes(), "fp32")(x), 1)[0]
+    assert float((fp32 - expected).abs().max()) > 1e-4  # the answers tell the int8 model from fp32
+
+
+def assert_served_from_int8_file(client: TestClient, digest: str) -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """/predict answers what ONNX Runtime gives on the stored model.int8.onnx; returns those
+    probabilities, the input and the artifact folder."""
     image = png_bytes(seed=7)
     answer = client.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
     assert answer.status_code == 200
-    folder = client.app.state.artifacts.local_path(body["digest"])  # type: ignore[attr-defined]
+    folder = client.app.state.artifacts.local_path(digest)  # type: ignore[attr-defined]
     x = model_input(image, SERVICE_SPEC["preprocess"]).contiguous()
     expected = torch.softmax(onnx_runner("onnxruntime", (folder / ONNX_INT8).read_bytes(), "int8")(x), 1)[0]
-    fp32 = torch.softmax(onnx_runner("onnxruntime", (folder / ONNX).read_bytes(), "fp32")(x), 1)[0]
-    assert float((fp32 - expected).abs().max()) > 1e-4  # the answers tell the int8 model from fp32
     for item in answer.json()["predictions"][0]:
         assert abs(item["probability"] - float(expected[item["index"]])) < 1e-5
+    return expected, x, folder
 
 
 def test_calibration_images_alone_add_the_report(client: TestClient, checkpoint: Path) -> None:
@@ -90,14 +97,7 @@ def test_the_planted_layer_kept_float_is_served(client: TestClient, tmp_path: Pa
     assert int8["passed"] and int8["float_layers"] == ["stages.1.0"] and int8["float_layers_option"] == 1
     assert [trial["passed"] for trial in int8["trials"]] == [False, True]
     assert body["report"]["quantization"]["worst_layers"][0] == "stages.1.0"
-    image = png_bytes(seed=7)
-    answer = client.post("/predict/tiny?top_k=4", content=image, headers={"Content-Type": "image/png"})
-    assert answer.status_code == 200
-    folder = client.app.state.artifacts.local_path(body["digest"])  # type: ignore[attr-defined]
-    x = model_input(image, SERVICE_SPEC["preprocess"]).contiguous()
-    expected = torch.softmax(onnx_runner("onnxruntime", (folder / ONNX_INT8).read_bytes(), "int8")(x), 1)[0]
-    for item in answer.json()["predictions"][0]:
-        assert abs(item["probability"] - float(expected[item["index"]])) < 1e-5
+    assert_served_from_int8_file(client, body["digest"])
 
 
 def test_bad_int8_float_layers_are_refused(client: TestClient, checkpoint: Path) -> None:

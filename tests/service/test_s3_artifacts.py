@@ -5,10 +5,8 @@ never take a half-written folder for a stored one."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
@@ -22,6 +20,7 @@ from service.config import Settings
 from service.store.job_inputs import S3JobInputs
 from service.store.s3 import MARKER, S3ArtifactStore
 from tests.helpers import SERVICE_SPEC, convert_form, png_bytes, ready, wait_for, wait_ready
+from tests.service.conftest import Held
 
 IMAGE = {"content": png_bytes(), "headers": {"Content-Type": "image/png"}}
 
@@ -82,18 +81,11 @@ def test_a_replica_with_an_empty_cache_serves_from_the_bucket(
 
 @pytest.mark.databases
 def test_a_queued_jobs_inputs_wait_in_the_bucket(
-    settings: Settings, bucket: str, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, bucket: str, checkpoint: Path, held_conversion: Held
 ) -> None:
     """``wait=false``: the checkpoint is in the bucket (marker last) while the job runs, where any
     replica can fetch it, and gone once the job has succeeded."""
-    inside, release = threading.Event(), threading.Event()
-
-    def held_convert(*args: Any, **kwargs: Any) -> Any:
-        inside.set()
-        release.wait(timeout=30)
-        return convert(*args, **kwargs)
-
-    monkeypatch.setattr("service.jobs.conversions.convert", held_convert)
+    inside, release = held_conversion.inside, held_conversion.release
     s3_settings = on_s3(settings, bucket)
     with TestClient(create_app(s3_settings)) as client:
         job = client.post("/convert?wait=false", **convert_form(checkpoint)).json()["job"]
