@@ -31,6 +31,11 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(sci=views.sci, size=views.size, when=views.when, clock=views.clock)
 # an HTML pattern is compiled with the regex `v` flag, where a class' literal '-' must be escaped
 templates.env.globals.update(name_pattern=NAME_PATTERN.strip("^$").replace("_-]", "_\\-]"))
+# compiled now, at import: a page's first request would compile its template (Python's compile())
+# on the event loop while a conversion may trace a net in a worker thread, and CPython 3.11 cannot
+# build ASTs in two threads at once ("AST constructor recursion depth mismatch")
+for _template in templates.env.list_templates():
+    templates.env.get_template(_template)
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
