@@ -50,6 +50,8 @@ class FakeTorchServe:
             return 200, "{}"
         if method == "DELETE":
             return (200, "{}") if self.workers.pop(model, None) is not None else (404, "")
+        if method == "GET" and path == f"/models/{model}":
+            return (200, "[]") if model in self.workers else (404, "")
         if method == "PUT":
             if model not in self.workers:
                 return 404, "no such model"
