@@ -65,7 +65,7 @@ class JobRunner:
         try:
             await asyncio.to_thread(self.inputs.put, job_id, folder)
         finally:
-            await asyncio.to_thread(shutil.rmtree, folder, True)  # left only when storing failed
+            await asyncio.to_thread(shutil.rmtree, folder, True)  # copied (S3), or storing failed
         try:
             await asyncio.to_thread(self.metadata.create_job, job_id, request.name, request.to_json())
         except BaseException:

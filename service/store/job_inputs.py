@@ -28,7 +28,8 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 class JobInputs(Protocol):
     def put(self, job_id: str, folder: Path) -> None:
-        """Store the files of ``folder`` (which is taken: moved or removed) as the job's inputs."""
+        """Store the files of ``folder`` as the job's inputs (moved, or copied: the caller removes
+        what is left of ``folder``)."""
 
     def fetch(self, job_id: str, into: Path) -> None:
         """The job's input files into the new folder ``into``; FileNotFoundError when not stored."""
@@ -85,13 +86,10 @@ class S3JobInputs:
 
     def put(self, job_id: str, folder: Path) -> None:
         prefix = self.folder + _checked(job_id) + "/"
-        try:
-            names = sorted(path.name for path in folder.iterdir())
-            for name in names:
-                self.client.upload_file(str(folder / name), self.bucket, prefix + name)
-            self.client.put_object(Bucket=self.bucket, Key=prefix + MARKER, Body=" ".join(names).encode())
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        names = sorted(path.name for path in folder.iterdir())
+        for name in names:
+            self.client.upload_file(str(folder / name), self.bucket, prefix + name)
+        self.client.put_object(Bucket=self.bucket, Key=prefix + MARKER, Body=" ".join(names).encode())
 
     def fetch(self, job_id: str, into: Path) -> None:
         prefix = self.folder + _checked(job_id) + "/"

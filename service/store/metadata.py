@@ -253,6 +253,14 @@ def _update_jobs() -> Update:
     return update(_Job).execution_options(synchronize_session=False)
 
 
+def _stages_ended(row: _Job, now: dt.datetime) -> dict[str, float]:
+    """The job's stage timings with the stage under way (if any) ended ``now``."""
+    stages = dict(row.stages or {})
+    if row.stage is not None:
+        stages[row.stage] = round((now - _utc(row.updated_at)).total_seconds(), 3)
+    return stages
+
+
 def _job_record(row: _Job) -> JobRecord:
     return JobRecord(
         row.id,
@@ -565,11 +573,10 @@ class MetadataStore:
             if row is None:
                 return False
             now = _now()
-            stages = dict(row.stages or {})
-            if row.stage is not None:
-                stages[row.stage] = round((now - _utc(row.updated_at)).total_seconds(), 3)
             written: CursorResult[Any] = s.execute(  # type: ignore[assignment]
-                _update_jobs().where(self._held(job)).values(stage=stage, stages=stages, updated_at=now)
+                _update_jobs()
+                .where(self._held(job))
+                .values(stage=stage, stages=_stages_ended(row, now), updated_at=now)
             )
             return written.rowcount == 1
 
@@ -580,11 +587,15 @@ class MetadataStore:
             row = s.get(_Job, job.id)
             if row is None:
                 return False
-            now, stage, stages = _now(), row.stage, dict(row.stages or {})
-            if stage is not None:  # the last stage ends; a failure keeps where
-                stages[stage] = round((now - _utc(row.updated_at)).total_seconds(), 3)
-                stage = None if status == "succeeded" else stage
-            values = {"status": status, "result": result, "stage": stage, "stages": stages, "updated_at": now}
+            now = _now()
+            stage = None if status == "succeeded" else row.stage  # a failure keeps where
+            values = {
+                "status": status,
+                "result": result,
+                "stage": stage,
+                "stages": _stages_ended(row, now),
+                "updated_at": now,
+            }
             written: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 _update_jobs().where(self._held(job)).values(**values)
             )

@@ -101,6 +101,8 @@ def test_a_queued_jobs_inputs_wait_in_the_bucket(
         s3 = boto3.client("s3")  # the inputs are deleted right after the outcome is recorded
         wait_for(lambda: "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="reparam/jobs/") or None)
         assert not (s3_settings.resolved_artifacts_dir / "jobs").exists()  # nothing kept on local disk
+        staging = s3_settings.resolved_artifacts_dir / "tmp"
+        assert not [p for p in staging.iterdir() if p.name.startswith("upload-")]  # the upload removed
 
 
 def test_job_inputs_in_the_bucket_are_fetched_whole_or_not_at_all(bucket: str, tmp_path: Path) -> None:
@@ -109,8 +111,7 @@ def test_job_inputs_in_the_bucket_are_fetched_whole_or_not_at_all(bucket: str, t
     (tmp_path / "upload").mkdir()
     (tmp_path / "upload" / "checkpoint").write_bytes(b"weights")
     (tmp_path / "upload" / "reference.safetensors").write_bytes(b"reference")
-    inputs.put(stored, tmp_path / "upload")
-    assert not (tmp_path / "upload").exists()  # taken
+    inputs.put(stored, tmp_path / "upload")  # copied: the caller removes the folder
     inputs.fetch(stored, tmp_path / "work")
     assert {p.name: p.read_bytes() for p in (tmp_path / "work").iterdir()} == {
         "checkpoint": b"weights",
